@@ -1,0 +1,1 @@
+"""The three callscribe services: ingest, transcriber, gateway."""

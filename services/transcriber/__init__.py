@@ -1,0 +1,1 @@
+"""The transcriber: claims calls from ``cs:jobs``, relays their audio to an ASR engine, publishes."""

@@ -1,0 +1,1 @@
+"""What two or more callscribe services import: wire models, settings, Redis keys, audio, errors."""

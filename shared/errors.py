@@ -1,0 +1,60 @@
+"""One rooted error hierarchy for callscribe.
+
+::
+
+    CallscribeError
+    ├── BadInput                 something a peer sent that we refuse (never a crash)
+    │   ├── TwilioMessageError   a malformed or out-of-order Twilio Media Streams message
+    │   └── ClientMessageError   a gateway client speaking nonsense
+    └── TransportError           a network peer failed; ``retryable`` says whether to try again
+        ├── RedisUnavailable
+        └── AsrError             the speech engine (Deepgram socket, embedded model) failed
+
+Each :class:`BadInput` carries a short machine ``code`` (``bad_json``, ``unknown_event``…) that
+goes into logs and into the ``error`` event a client receives.
+"""
+
+from __future__ import annotations
+
+
+class CallscribeError(Exception):
+    """Root of every error callscribe raises on purpose."""
+
+
+class BadInput(CallscribeError):
+    """A peer sent something we refuse; ``code`` names the kind, the message says it in words."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class TwilioMessageError(BadInput):
+    """A Twilio Media Streams message we cannot use (bad JSON, unknown event, bad payload…)."""
+
+
+class ClientMessageError(BadInput):
+    """A gateway client sent a message outside the protocol."""
+
+
+class TransportError(CallscribeError):
+    """A network peer failed; ``retryable`` is False for failures that repeat (401, 403, 400)."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class RedisUnavailable(TransportError):
+    """Redis did not answer in time or refused the connection (always retryable)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
+class AsrError(TransportError):
+    """The speech engine failed: a Deepgram handshake or socket error, or the embedded model."""

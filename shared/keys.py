@@ -1,0 +1,52 @@
+"""Every Redis key and channel name callscribe uses, in one place (DESIGN.md, "Redis keys").
+
+All keys of one call carry the call's SID as a hash tag (``cs:{CA…}:…``) so that a Redis
+Cluster keeps a call on one shard.
+"""
+
+from __future__ import annotations
+
+ACTIVE_CALLS = "cs:calls:active"
+"""SET of callSids now streaming: ingest adds, the transcriber removes."""
+
+CALL_EVENTS = "cs:calls:events"
+"""PUB/SUB channel for ``call_started`` / ``call_ended`` events."""
+
+JOBS = "cs:jobs"
+"""STREAM of work: one entry per call, field ``call_sid``."""
+
+JOBS_GROUP = "transcribers"
+"""The consumer group on :data:`JOBS`; a call is owned by the worker holding its pending entry."""
+
+WORKERS_PREFIX = "cs:worker:"
+"""Prefix of each transcriber's health key ``cs:worker:<consumer>`` (a STRING with a TTL)."""
+
+
+def meta(call_sid: str) -> str:
+    """HASH of the call's metadata (see :class:`shared.schema.CallMeta`)."""
+    return f"cs:{{{call_sid}}}:meta"
+
+
+def audio(call_sid: str) -> str:
+    """STREAM of mixed frames: fields ``t`` (ms) and ``pcmu`` (bytes); the last entry has ``eof``."""
+    return f"cs:{{{call_sid}}}:audio"
+
+
+def transcript(call_sid: str) -> str:
+    """STREAM of final segments, field ``e``: the event JSON without its ``id`` (the entry ID is it)."""
+    return f"cs:{{{call_sid}}}:transcript"
+
+
+def live(call_sid: str) -> str:
+    """PUB/SUB channel carrying every event of the call as JSON."""
+    return f"cs:{{{call_sid}}}:live"
+
+
+def worker(consumer: str) -> str:
+    """Health key of one transcriber (STRING ``<json>`` refreshed every few seconds, with a TTL)."""
+    return f"{WORKERS_PREFIX}{consumer}"
+
+
+def call_keys(call_sid: str) -> tuple[str, str, str]:
+    """The keys that expire together once a call has ended: meta, audio, transcript."""
+    return meta(call_sid), audio(call_sid), transcript(call_sid)

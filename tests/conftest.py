@@ -1,0 +1,55 @@
+"""Shared fixtures: a real redis-server for the session, a clean database per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from shared.redisconn import connect
+from tests.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+AUDIO_DIR = ROOT.parent / "shared" / "audio"
+"""The project's recordings with reference transcripts (``../shared/audio`` beside the repo)."""
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server on a free port for the whole session."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
+    """The session server's URL, flushed before each test."""
+    if redis_server.proc is None:  # a fault test left it stopped
+        redis_server.start()
+    r = connect(redis_server.url)
+    await r.flushall()
+    await r.aclose()
+    yield redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session server (bytes responses)."""
+    r = connect(redis_url)
+    try:
+        yield r
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture
+def audio_dir() -> Path:
+    """``../shared/audio``; fails (never skips) when the recordings are missing."""
+    assert AUDIO_DIR.is_dir(), f"recordings not found at {AUDIO_DIR}"
+    return AUDIO_DIR
