@@ -154,6 +154,16 @@ class GatewaySettings(CommonSettings):
         gt=0,
         description="Messages queued per client before the slow-client policy acts",
     )
+    redis_timeout_s: float = Field(
+        default=5.0, gt=0, description="Upper bound of one Redis round trip of the hub"
+    )
+    reconnect_min_s: float = Field(
+        default=0.05, gt=0, description="First backoff after the hub loses Redis"
+    )
+    reconnect_max_s: float = Field(default=2.0, gt=0, description="Longest backoff of the hub")
+    ping_interval_s: float = Field(
+        default=5.0, gt=0, description="Idle time after which the hub pings its pub/sub socket"
+    )
     send_timeout_s: float = Field(
         default=10.0,
         gt=0,

@@ -1,0 +1,235 @@
+"""A faithful Twilio Media Streams sender: plays mu-law tracks to a ``/twilio`` WebSocket.
+
+It sends what Twilio sends, in the same shapes and order
+(https://www.twilio.com/docs/voice/media-streams/websocket-messages): ``connected``, ``start``
+(``sequenceNumber`` "1", ``mediaFormat`` audio/x-mulaw 8000 Hz 1 channel), one ``media`` per
+20 ms packet (160 bytes) per track with every numeric field as a string and ``chunk`` counting
+per track from 1, then ``stop``. Packets can be dropped (``loss``, ``drop_packets``) and the
+outbound track can start late (``outbound_delay_ms``), as on a real call. The handshake can
+carry ``X-Twilio-Signature`` (https://www.twilio.com/docs/usage/webhooks/webhooks-security).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+PACKET_MS = 20
+"""Twilio sends 20 ms per media message."""
+
+PACKET_BYTES = 160
+"""Bytes of mu-law in one 20 ms packet (8 kHz, 1 byte per sample)."""
+
+SILENCE = 0xFF
+TRACK_NAMES = ("inbound", "outbound")
+
+
+def _sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+@dataclass
+class SimCall:
+    """One simulated call.
+
+    Attributes:
+        tracks: mu-law 8 kHz bytes per track: ``[inbound]`` or ``[inbound, outbound]``. A
+            track whose length is not a multiple of 160 bytes is padded with silence (0xFF):
+            Twilio always sends whole 20 ms packets.
+        call_sid, stream_sid, account_sid: ``CA``/``MZ``/``AC`` + 32 hex digits (random).
+        custom_parameters: the stream's ``<Parameter>``s (``start.customParameters``).
+        loss: fraction of media packets not sent, chosen with ``random.Random(seed)``.
+        seed: makes ``loss`` deterministic.
+        drop_packets: ``(track, chunk)`` pairs not sent (chunk numbers from 1, per track).
+        outbound_delay_ms: the outbound track starts late: packets before this time are not
+            sent and its first timestamp is the first multiple of 20 ms at or after it.
+    """
+
+    tracks: list[bytes]
+    call_sid: str = field(default_factory=lambda: _sid("CA"))
+    stream_sid: str = field(default_factory=lambda: _sid("MZ"))
+    account_sid: str = field(default_factory=lambda: _sid("AC"))
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    loss: float = 0.0
+    seed: int = 0
+    drop_packets: frozenset[tuple[str, int]] = frozenset()
+    outbound_delay_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.tracks) <= 2:
+            raise ValueError("a call has one or two tracks")
+        if not 0.0 <= self.loss <= 1.0 or self.outbound_delay_ms < 0:
+            raise ValueError("loss must be in [0, 1] and outbound_delay_ms >= 0")
+
+    @property
+    def track_names(self) -> list[str]:
+        """``["inbound"]`` or ``["inbound", "outbound"]``."""
+        return list(TRACK_NAMES[: len(self.tracks)])
+
+    def padded(self, index: int) -> bytes:
+        """Track ``index`` padded with silence to whole 20 ms packets (what is sent, unless dropped)."""
+        data = self.tracks[index]
+        return data + bytes([SILENCE]) * (-len(data) % PACKET_BYTES)
+
+
+def _packets(call: SimCall, rng: random.Random) -> list[tuple[int, int, str, int, bytes, bool]]:
+    """Every packet as (timestamp ms, track index, track, chunk, payload, dropped), by time."""
+    out = []
+    for index, name in enumerate(call.track_names):
+        data = call.padded(index)
+        first = 0
+        if name == "outbound" and call.outbound_delay_ms:
+            first = math.ceil(call.outbound_delay_ms / PACKET_MS)
+        for chunk, k in enumerate(range(first, len(data) // PACKET_BYTES), start=1):
+            dropped = (name, chunk) in call.drop_packets
+            if call.loss and rng.random() < call.loss:
+                dropped = True
+            payload = data[k * PACKET_BYTES : (k + 1) * PACKET_BYTES]
+            out.append((k * PACKET_MS, index, name, chunk, payload, dropped))
+    out.sort(key=lambda p: (p[0], p[1]))
+    return out
+
+
+def twilio_messages(call: SimCall) -> list[tuple[float, str]]:
+    """The messages Twilio would send for ``call``: ``(send time in s from stream start, JSON)``.
+
+    Dropped packets are left out (their ``chunk`` numbers are skipped); ``sequenceNumber``
+    counts the messages actually sent, from 1 at ``start``.
+    """
+    messages, _ = _build(call)
+    return messages
+
+
+def _build(call: SimCall) -> tuple[list[tuple[float, str]], dict[str, int]]:
+    rng = random.Random(call.seed)
+    seq = 1
+    msgs: list[tuple[float, str]] = [
+        (0.0, json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})),
+        (
+            0.0,
+            json.dumps(
+                {
+                    "event": "start",
+                    "sequenceNumber": str(seq),
+                    "start": {
+                        "accountSid": call.account_sid,
+                        "streamSid": call.stream_sid,
+                        "callSid": call.call_sid,
+                        "tracks": call.track_names,
+                        "customParameters": dict(call.custom_parameters),
+                        "mediaFormat": {
+                            "encoding": "audio/x-mulaw",
+                            "sampleRate": 8000,
+                            "channels": 1,
+                        },
+                    },
+                    "streamSid": call.stream_sid,
+                }
+            ),
+        ),
+    ]
+    sent = dropped = 0
+    end_ms = 0
+    for ts, _index, name, chunk, payload, lost in _packets(call, rng):
+        end_ms = max(end_ms, ts + PACKET_MS)
+        if lost:
+            dropped += 1
+            continue
+        seq += 1
+        sent += 1
+        media = {
+            "event": "media",
+            "sequenceNumber": str(seq),
+            "media": {
+                "track": name,
+                "chunk": str(chunk),
+                "timestamp": str(ts),
+                "payload": base64.b64encode(payload).decode("ascii"),
+            },
+            "streamSid": call.stream_sid,
+        }
+        msgs.append((ts / 1000.0, json.dumps(media)))
+    seq += 1
+    stop = {
+        "event": "stop",
+        "sequenceNumber": str(seq),
+        "stop": {"accountSid": call.account_sid, "callSid": call.call_sid},
+        "streamSid": call.stream_sid,
+    }
+    msgs.append((end_ms / 1000.0, json.dumps(stop)))
+    return msgs, {"sent_packets": sent, "dropped_packets": dropped, "end_ms": end_ms}
+
+
+def sign(url: str, params: dict[str, str], auth_token: str) -> str:
+    """The ``X-Twilio-Signature`` Twilio would send for ``url`` and POST ``params``."""
+    return str(RequestValidator(auth_token).compute_signature(url, params))
+
+
+async def stream_call(
+    url: str,
+    call: SimCall,
+    *,
+    speed: float = 1.0,
+    auth_token: str | None = None,
+    signature_url: str | None = None,
+    open_timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """Send ``call`` to the Media Streams WebSocket at ``url``, paced like Twilio.
+
+    Args:
+        url: e.g. ``ws://127.0.0.1:5000/twilio``.
+        speed: 1.0 = real time, 2.0 = twice as fast, 0 or ``inf`` = as fast as possible.
+        auth_token: sign the handshake (``X-Twilio-Signature`` over ``signature_url or url``
+            with no parameters).
+        open_timeout_s: handshake timeout, s.
+
+    Returns:
+        ``{"sent_packets", "dropped_packets", "messages", "duration_s", "close_code"}``;
+        ``close_code`` is the server's close code if it closed the socket before we finished,
+        else ``None``.
+
+    Raises:
+        websockets.exceptions.InvalidStatus: the handshake was refused (e.g. 403).
+        OSError, TimeoutError: the server could not be reached in ``open_timeout_s``.
+    """
+    messages, counts = _build(call)
+    headers = {}
+    if auth_token is not None:
+        headers["X-Twilio-Signature"] = sign(signature_url or url, {}, auth_token)
+    fast = speed <= 0 or math.isinf(speed)
+    close_code: int | None = None
+    sent_messages = 0
+    started = time.monotonic()
+    async with connect(
+        url, additional_headers=headers, open_timeout=open_timeout_s, max_size=1 << 20
+    ) as ws:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            for at_s, text in messages:
+                if not fast:
+                    delay_s = t0 + at_s / speed - loop.time()
+                    if delay_s > 0:
+                        await asyncio.sleep(delay_s)
+                await ws.send(text)
+                sent_messages += 1
+        except ConnectionClosed as exc:
+            close_code = exc.rcvd.code if exc.rcvd else 1006
+    return {
+        "sent_packets": counts["sent_packets"],
+        "dropped_packets": counts["dropped_packets"],
+        "messages": sent_messages,
+        "duration_s": time.monotonic() - started,
+        "close_code": close_code,
+    }

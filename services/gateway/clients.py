@@ -1,0 +1,211 @@
+"""The two WebSocket client protocols: ``/client`` (the tutorial's) and ``/v1/ws`` (JSON).
+
+``/client`` (DESIGN.md, "Client interfaces" 1; seeds/deepgram-twilio-tutorial): the server sends
+a JSON array of active callSids; the client sends one callSid as text (whitespace stripped); an
+unknown one is closed with 1008; otherwise the call's history is replayed, then it continues
+live (no gap, no duplicate), every message in Deepgram's ``Results`` shape, and the socket is
+closed with 1000 once the call has ended. Anything else the client sends is ignored.
+
+``/v1/ws`` (DESIGN.md, "Client interfaces" 2; models in :mod:`shared.schema`):
+
+* ``{"type": "list"}`` → ``{"type": "calls", "calls": [CallMeta…]}``, then ``call_started`` /
+  ``call_ended`` pushed as they happen (a repeated ``list`` sends a fresh snapshot).
+* ``{"type": "subscribe", "call_sid", "since"}`` → ``{"type": "subscribed", "call_sid"}``, the
+  finals after ``since`` (``"0"`` = all, null = none), then live events, ``end`` when the call is
+  over (at once after the replay if it already was). Several calls per connection.
+* ``{"type": "unsubscribe", "call_sid"}`` → ``{"type": "unsubscribed", "call_sid"}``.
+* Errors are ``error`` events (``bad_json``, ``bad_request``, ``unknown_call``,
+  ``already_subscribed``, ``not_subscribed``, ``too_many_subscriptions``, ``unavailable``); the
+  connection stays open until :data:`MAX_CONSECUTIVE_ERRORS` in a row, then closes with 1008.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from starlette.websockets import WebSocket
+
+from services.gateway import store
+from services.gateway.connection import Connections, serve_connection
+from services.gateway.hub import Hub
+from services.gateway.outbox import CLOSE_INTERNAL, CLOSE_POLICY, Outbox
+from services.gateway.subscribers import CallSubscriber, CallsWatcher
+from shared.errors import ClientMessageError, RedisUnavailable
+from shared.schema import ErrorEvent, ListRequest, SubscribeRequest, parse_client
+from shared.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_ERRORS = 10
+"""Bad ``/v1/ws`` messages in a row before the connection is closed with 1008."""
+
+MAX_SUBSCRIPTIONS = 100
+"""Calls one ``/v1/ws`` connection may follow at once."""
+
+
+@dataclass
+class Gateway:
+    """One gateway instance's state: its settings, hub and open connections."""
+
+    settings: GatewaySettings
+    hub: Hub
+    connections: Connections
+
+
+def _text(message: dict[str, object]) -> str | None:
+    """The text of a ``websocket.receive`` message (binary frames decoded as UTF-8)."""
+    text = message.get("text")
+    if isinstance(text, str):
+        return text
+    data = message.get("bytes")
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return None
+
+
+async def tutorial_endpoint(ws: WebSocket, gw: Gateway) -> None:
+    """``/client``: the tutorial's protocol, unchanged (see the module docstring)."""
+    await ws.accept()
+    outbox = Outbox(gw.settings.client_queue_max)
+    gw.connections.add(outbox)
+    sub: list[CallSubscriber] = []
+
+    async def reader() -> None:
+        try:
+            sids = await store.active_sids(gw.hub.redis, gw.hub.redis_timeout_s)
+        except RedisUnavailable:
+            outbox.close(CLOSE_INTERNAL, "redis unavailable", drain=False)
+            return
+        outbox.put(json.dumps(sids))
+        message = await ws.receive()
+        text = _text(message)
+        if text is None:
+            return
+        call_sid = text.strip()
+        try:
+            sub.append(await gw.hub.attach_call(call_sid, outbox, since="0", deepgram=True))
+        except ClientMessageError:
+            log.info("client asked for an unknown call", extra={"call_sid": call_sid[:64]})
+            outbox.close(CLOSE_POLICY, "unknown callSid", drain=True)
+            return
+        except RedisUnavailable:
+            outbox.close(CLOSE_INTERNAL, "redis unavailable", drain=False)
+            return
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass  # the tutorial's clients send nothing more; ignore it if they do
+
+    try:
+        await serve_connection(
+            ws,
+            outbox,
+            reader(),
+            send_timeout_s=gw.settings.send_timeout_s,
+            connections=gw.connections,
+        )
+    finally:
+        for s in sub:
+            gw.hub.detach(s)
+
+
+async def json_endpoint(ws: WebSocket, gw: Gateway) -> None:
+    """``/v1/ws``: the JSON protocol (see the module docstring)."""
+    await ws.accept()
+    outbox = Outbox(gw.settings.client_queue_max)
+    gw.connections.add(outbox)
+    session = _JsonSession(gw, outbox)
+    try:
+        await serve_connection(
+            ws,
+            outbox,
+            session.read(ws),
+            send_timeout_s=gw.settings.send_timeout_s,
+            connections=gw.connections,
+        )
+    finally:
+        session.detach_all()
+
+
+class _JsonSession:
+    """The subscriptions and error count of one ``/v1/ws`` connection."""
+
+    def __init__(self, gw: Gateway, outbox: Outbox) -> None:
+        self.gw = gw
+        self.hub = gw.hub
+        self.outbox = outbox
+        self.subs: dict[str, CallSubscriber] = {}
+        self.watcher: CallsWatcher | None = None
+
+    def detach_all(self) -> None:
+        for sub in self.subs.values():
+            self.hub.detach(sub)
+        self.subs.clear()
+        if self.watcher is not None:
+            self.hub.detach(self.watcher)
+
+    def _error(self, code: str, message: str, call_sid: str | None = None) -> None:
+        self.outbox.put(ErrorEvent(code=code, message=message, call_sid=call_sid).to_json())
+
+    def _ended(self, sub: CallSubscriber) -> None:
+        self.hub.detach(sub)
+        if self.subs.get(sub.call_sid) is sub:
+            del self.subs[sub.call_sid]
+
+    async def read(self, ws: WebSocket) -> None:
+        errors = 0
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = _text(message)
+            try:
+                if text is None:
+                    raise ClientMessageError("bad_json", "messages must be JSON objects")
+                await self._handle(text)
+                errors = 0
+            except ClientMessageError as exc:
+                errors += 1
+                self._error(exc.code, exc.message, getattr(exc, "call_sid", None))
+                if errors >= MAX_CONSECUTIVE_ERRORS:
+                    self.outbox.close(CLOSE_POLICY, "too many bad messages", drain=True)
+                    return
+            except RedisUnavailable:
+                self._error("unavailable", "Redis is unavailable; try again shortly")
+
+    async def _handle(self, text: str) -> None:
+        request = parse_client(text)
+        if isinstance(request, ListRequest):
+            if self.watcher is None:
+                self.watcher = self.hub.attach_watcher(self.outbox)
+            else:
+                calls = await store.active_calls(self.hub.redis, self.hub.redis_timeout_s)
+                self.outbox.put(store.calls_message(calls))
+            return
+        sid = request.call_sid
+        if isinstance(request, SubscribeRequest):
+            if sid in self.subs:
+                raise _CallError("already_subscribed", "already subscribed to this call", sid)
+            if len(self.subs) >= MAX_SUBSCRIPTIONS:
+                raise _CallError("too_many_subscriptions", "unsubscribe from a call first", sid)
+            greeting = json.dumps({"type": "subscribed", "call_sid": sid})
+            try:
+                self.subs[sid] = await self.hub.attach_call(
+                    sid, self.outbox, since=request.since, greeting=greeting, on_end=self._ended
+                )
+            except ClientMessageError as exc:
+                raise _CallError(exc.code, exc.message, sid) from None
+            return
+        sub = self.subs.pop(sid, None)
+        if sub is None:
+            raise _CallError("not_subscribed", "not subscribed to this call", sid)
+        self.hub.detach(sub)
+        self.outbox.put(json.dumps({"type": "unsubscribed", "call_sid": sid}))
+
+
+class _CallError(ClientMessageError):
+    """A client error about one call (the error event carries its ``call_sid``)."""
+
+    def __init__(self, code: str, message: str, call_sid: str) -> None:
+        super().__init__(code, message)
+        self.call_sid = call_sid

@@ -1,0 +1,113 @@
+"""Running one client WebSocket: its sender, its reader, and how it closes.
+
+:func:`serve_connection` runs the client's :class:`Outbox` sender and the protocol's reader side
+by side, and closes the socket with the code the first of them asks for: the outbox's close
+request (1000 call ended, 1008 policy, 1012 restart, 1013 too slow), 1013 when a send times out,
+nothing when the client went away. The :class:`Connections` registry lets the gateway close every
+client with 1012 on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from services.gateway.outbox import CLOSE_TRY_LATER, SLOW_REASON, CloseRequest, Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Connections:
+    """The open client connections of one gateway instance (no module-level state)."""
+
+    def __init__(self) -> None:
+        self._open: set[Outbox] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.total = 0
+        self.slow_closed = 0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, outbox: Outbox) -> None:
+        """Register a connection's outbox."""
+        self._open.add(outbox)
+        self._empty.clear()
+        self.total += 1
+
+    def remove(self, outbox: Outbox) -> None:
+        """Forget a connection's outbox (idempotent)."""
+        self._open.discard(outbox)
+        if not self._open:
+            self._empty.set()
+
+    async def close_all(self, code: int, reason: str, timeout_s: float) -> int:
+        """Ask every connection to close with ``code`` and wait up to ``timeout_s`` for them.
+
+        Returns how many connections were asked.
+        """
+        asked = len(self._open)
+        for outbox in list(self._open):
+            outbox.close(code, reason, drain=False)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._empty.wait()
+        return asked
+
+
+async def serve_connection(
+    ws: WebSocket,
+    outbox: Outbox,
+    reader: Coroutine[Any, Any, None],
+    *,
+    send_timeout_s: float,
+    connections: Connections,
+    call_sid: str | None = None,
+) -> None:
+    """Run sender and ``reader`` until one ends, then close ``ws`` as asked (bounded by
+    ``send_timeout_s``). The reader returns when the client disconnects; it may also ask for a
+    close through ``outbox.close``. Never raises for a peer's failure."""
+    pump = asyncio.create_task(outbox.pump(ws.send_text, send_timeout_s), name="ws-send")
+    read = asyncio.create_task(reader, name="ws-read")
+    closer = asyncio.create_task(outbox.wait_closing(), name="ws-close")
+    request: CloseRequest | None = None
+    try:
+        done, _ = await asyncio.wait({pump, read, closer}, return_when=asyncio.FIRST_COMPLETED)
+        request = outbox.closing
+        if request is not None:
+            if request.drain and not pump.done():
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(send_timeout_s):
+                        await pump
+        elif pump in done and isinstance(pump.exception(), TimeoutError):
+            request = CloseRequest(CLOSE_TRY_LATER, SLOW_REASON, drain=False)
+        elif read in done and read.exception() is not None:
+            log.warning(
+                "client reader failed",
+                extra={"call_sid": call_sid, "error": read.exception().__class__.__name__},
+            )
+    finally:
+        connections.remove(outbox)
+        tasks = (pump, read, closer)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: peer failures are expected here
+    if request is not None and request.code == CLOSE_TRY_LATER:
+        connections.slow_closed += 1
+        log.warning(
+            "slow client disconnected",
+            extra={"call_sid": call_sid, "dropped": outbox.dropped, "sent": outbox.sent},
+        )
+    if request is not None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(send_timeout_s):
+                await ws.close(request.code, request.reason)

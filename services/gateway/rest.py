@@ -1,0 +1,121 @@
+"""HTTP routes: ``/v1/calls``, ``/v1/calls/{sid}``, ``/v1/calls/{sid}/transcript``, ``/healthz``, ``/``.
+
+JSON in, JSON out (DESIGN.md, "Client interfaces" 3-4). Errors are ``ErrorEvent`` JSON bodies:
+404 ``unknown_call``, 400 ``bad_request`` (a ``since`` that is not a stream ID), 503
+``unavailable`` when Redis does not answer within the hub's ``redis_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from services.gateway import store
+from services.gateway.clients import Gateway
+from shared.errors import RedisUnavailable
+from shared.redisconn import stream_id_tuple
+from shared.schema import STREAM_ID_PATTERN, ErrorEvent, TranscriptEvent
+
+MAX_TRANSCRIPT_ENTRIES = 10_000
+"""At most this many finals per ``/transcript`` answer (the stream's default MAXLEN)."""
+
+_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_STREAM_ID = re.compile(STREAM_ID_PATTERN)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(ErrorEvent(code=code, message=message).model_dump(), status_code=status)
+
+
+def _unavailable() -> JSONResponse:
+    return _error(503, "unavailable", "Redis is unavailable; try again shortly")
+
+
+def index_html() -> str:
+    """The web page (``static/index.html``), read from the package."""
+    return resources.files("services.gateway").joinpath("static/index.html").read_text("utf-8")
+
+
+async def list_calls(request: Request) -> Response:
+    """``GET /v1/calls``: the active calls' metadata, a JSON list."""
+    gw: Gateway = request.app.state.gateway
+    try:
+        calls = await store.active_calls(gw.hub.redis, gw.hub.redis_timeout_s)
+    except RedisUnavailable:
+        return _unavailable()
+    return JSONResponse([c.model_dump(mode="json", by_alias=True) for c in calls])
+
+
+async def get_call(request: Request) -> Response:
+    """``GET /v1/calls/{sid}``: one call's metadata, 404 when unknown."""
+    gw: Gateway = request.app.state.gateway
+    sid = request.path_params["sid"]
+    if not _SID.match(sid):
+        return _error(404, "unknown_call", "no such call")
+    try:
+        meta = await store.call_meta(gw.hub.redis, sid, gw.hub.redis_timeout_s)
+    except RedisUnavailable:
+        return _unavailable()
+    if meta is None:
+        return _error(404, "unknown_call", "no such call")
+    return JSONResponse(meta.model_dump(mode="json", by_alias=True))
+
+
+async def get_transcript(request: Request) -> Response:
+    """``GET /v1/calls/{sid}/transcript[?since=ID]``: finals after ``since`` (default all), each
+    a ``transcript`` event with its ``id``; 404 when the call is unknown."""
+    gw: Gateway = request.app.state.gateway
+    sid = request.path_params["sid"]
+    since = request.query_params.get("since") or "0"
+    if not _STREAM_ID.match(since) or since == "$":
+        return _error(400, "bad_request", "since must be a stream ID like 1700000000000-0")
+    if not _SID.match(sid):
+        return _error(404, "unknown_call", "no such call")
+    r, t = gw.hub.redis, gw.hub.redis_timeout_s
+    try:
+        known, _, _ = await store.call_info(r, sid, t)
+        if not known:
+            return _error(404, "unknown_call", "no such call")
+        events: list[dict[str, object]] = []
+        cursor = stream_id_tuple(since)
+        while len(events) < MAX_TRANSCRIPT_ENTRIES:
+            page = await store.history_page(r, sid, cursor, t)
+            for entry_id, fields in page:
+                cursor = stream_id_tuple(entry_id)
+                try:
+                    events.append(TranscriptEvent.from_history(entry_id, fields).model_dump())
+                except ValueError:
+                    continue
+            if len(page) < store.HISTORY_PAGE:
+                break
+    except RedisUnavailable:
+        return _unavailable()
+    return JSONResponse(events)
+
+
+async def healthz(request: Request) -> Response:
+    """``GET /healthz``: 200 ``{"status": "ok", "redis": true, ...}``, 503 when Redis is down."""
+    gw: Gateway = request.app.state.gateway
+    redis_ok = True
+    try:
+        async with store.redis_op(gw.hub.redis_timeout_s):
+            await gw.hub.redis.ping()
+    except RedisUnavailable:
+        redis_ok = False
+    body = {
+        "status": "ok" if redis_ok else "unavailable",
+        "redis": redis_ok,
+        "pubsub": gw.hub.connected.is_set(),
+        "clients": len(gw.connections),
+        "channels": gw.hub.subscribed_channels,
+        "slow_clients_closed": gw.connections.slow_closed,
+    }
+    return JSONResponse(body, status_code=200 if redis_ok else 503)
+
+
+async def index(request: Request) -> Response:
+    """``GET /``: the web page that lists live calls and shows one."""
+    return HTMLResponse(request.app.state.index_html)

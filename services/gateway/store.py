@@ -1,0 +1,125 @@
+"""Reading what the transcriber wrote: active calls, a call's metadata, its history.
+
+Thin async helpers over a ``redis.asyncio.Redis`` (bytes responses); every call is bounded by
+``timeout_s`` so a hung Redis surfaces as :class:`shared.errors.RedisUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.errors import RedisUnavailable
+from shared.redisconn import stream_id_tuple
+from shared.schema import CallMeta
+
+HISTORY_PAGE = 200
+"""Entries read per XRANGE while replaying history."""
+
+StreamId = tuple[int, int]
+
+
+def format_id(entry_id: StreamId) -> str:
+    """``(1700000000000, 3)`` → ``"1700000000000-3"``."""
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+@asynccontextmanager
+async def redis_op(timeout_s: float) -> AsyncIterator[None]:
+    """Bound one Redis round trip by ``timeout_s``; failures become :class:`RedisUnavailable`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise RedisUnavailable(f"redis: {exc.__class__.__name__}") from exc
+
+
+async def call_info(r: aioredis.Redis, call_sid: str, timeout_s: float) -> tuple[bool, int, bool]:
+    """``(known, channels, ended)`` of a call: known = active or has metadata.
+
+    ``channels`` defaults to 2 when the metadata is missing. Raises RedisUnavailable.
+    """
+    async with redis_op(timeout_s), r.pipeline(transaction=False) as pipe:
+        pipe.sismember(keys.ACTIVE_CALLS, call_sid)
+        pipe.hmget(keys.meta(call_sid), ["call_sid", "channels", "status"])
+        active, (meta_sid, channels, status) = await pipe.execute()
+    known = bool(active) or meta_sid is not None
+    try:
+        n = int(channels) if channels else 2
+    except ValueError:
+        n = 2
+    return known, n, status == b"ended"
+
+
+async def active_sids(r: aioredis.Redis, timeout_s: float) -> list[str]:
+    """The callSids in ``cs:calls:active``, sorted. Raises RedisUnavailable."""
+    async with redis_op(timeout_s):
+        members = await r.smembers(keys.ACTIVE_CALLS)
+    return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+
+
+async def active_calls(r: aioredis.Redis, timeout_s: float) -> list[CallMeta]:
+    """Metadata of every active call (calls without metadata get a bare one). Raises RedisUnavailable."""
+    sids = await active_sids(r, timeout_s)
+    if not sids:
+        return []
+    async with redis_op(timeout_s), r.pipeline(transaction=False) as pipe:
+        for sid in sids:
+            pipe.hgetall(keys.meta(sid))
+        hashes = await pipe.execute()
+    calls = []
+    for sid, fields in zip(sids, hashes, strict=True):
+        try:
+            calls.append(CallMeta.from_redis(fields))
+        except ValueError:
+            calls.append(CallMeta(call_sid=sid, started_at=0.0))
+    return calls
+
+
+async def call_meta(r: aioredis.Redis, call_sid: str, timeout_s: float) -> CallMeta | None:
+    """The call's metadata, or None when unknown. Raises RedisUnavailable."""
+    async with redis_op(timeout_s):
+        fields = await r.hgetall(keys.meta(call_sid))
+        active = await r.sismember(keys.ACTIVE_CALLS, call_sid) if not fields else False
+    try:
+        return CallMeta.from_redis(fields)
+    except ValueError:
+        return CallMeta(call_sid=call_sid, started_at=0.0) if active else None
+
+
+async def history_page(
+    r: aioredis.Redis,
+    call_sid: str,
+    after: StreamId | None,
+    timeout_s: float,
+    count: int = HISTORY_PAGE,
+) -> list[tuple[bytes, dict[Any, Any]]]:
+    """Up to ``count`` finals of the call's history strictly after ``after`` (None = from the start).
+
+    Raises RedisUnavailable.
+    """
+    low = "-" if after is None or after == (0, 0) else "(" + format_id(after)
+    async with redis_op(timeout_s):
+        return await r.xrange(keys.transcript(call_sid), min=low, max="+", count=count)
+
+
+async def last_history_id(r: aioredis.Redis, call_sid: str, timeout_s: float) -> StreamId:
+    """ID of the newest final in the call's history, ``(0, 0)`` when empty. Raises RedisUnavailable."""
+    async with redis_op(timeout_s):
+        last = await r.xrevrange(keys.transcript(call_sid), count=1)
+    return stream_id_tuple(last[0][0]) if last else (0, 0)
+
+
+def calls_message(calls: list[CallMeta]) -> str:
+    """The ``{"type": "calls", "calls": [...]}`` answer to ``list``."""
+    return json.dumps(
+        {"type": "calls", "calls": [c.model_dump(mode="json", by_alias=True) for c in calls]},
+        separators=(",", ":"),
+    )

@@ -1,0 +1,1 @@
+"""Ingest: Twilio Media Streams WebSocket -> mixed stereo frames in Redis Streams."""

@@ -1,0 +1,153 @@
+"""The voice webhook (TwiML that starts the stream) and Twilio request signatures.
+
+* TwiML: ``<Start><Stream url="wss://HOST/twilio" track="both_tracks">`` with ``<Parameter>``
+  From, To, Direction (a ``<Stream url>`` cannot carry a query string, so per-call data travels
+  in parameters: https://www.twilio.com/docs/voice/twiml/stream#custom-parameters), then
+  ``<Dial>FORWARD_TO</Dial>`` when set. Built with ``twilio.twiml.voice_response``.
+* Signatures (https://www.twilio.com/docs/usage/webhooks/webhooks-security): when
+  ``TWILIO_AUTH_TOKEN`` is set, ``X-Twilio-Signature`` is checked with
+  ``twilio.request_validator.RequestValidator`` against the URL Twilio requested: ``PUBLIC_URL``
+  + path (+ query) when set, not what a proxy forwards. A webhook POST signs its form
+  parameters, a GET none. The Media Streams WebSocket handshake signs ``wss://HOST/twilio``
+  with no parameters (DESIGN.md, ``PUBLIC_URL``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, urlsplit
+
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Start, Stream, VoiceResponse
+
+from shared.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+STREAM_PATH = "/twilio"
+"""Where Twilio opens the Media Streams WebSocket."""
+
+STREAM_PARAMETERS = ("From", "To", "Direction")
+"""Webhook parameters forwarded to the stream as ``<Parameter>``s (``customParameters``)."""
+
+SIGNATURE_HEADER = "x-twilio-signature"
+
+MAX_WEBHOOK_BODY_BYTES = 64 * 1024
+"""A webhook body larger than this is refused (413); Twilio's are a few hundred bytes."""
+
+
+def _first(value: str | None) -> str | None:
+    """First element of a comma-separated forwarded header (proxies append)."""
+    if not value:
+        return None
+    return value.split(",")[0].strip() or None
+
+
+def _ws_scheme(http_scheme: str) -> str:
+    return "wss" if http_scheme in ("https", "wss") else "ws"
+
+
+def _http_scheme(scheme: str) -> str:
+    return "https" if scheme in ("https", "wss") else "http"
+
+
+def base_url(conn: HTTPConnection, settings: IngestSettings) -> str:
+    """The public ``http(s)://host[/prefix]`` of ingest, without a trailing slash.
+
+    ``PUBLIC_URL`` when set; else from the request: ``X-Forwarded-Proto``/``X-Forwarded-Host``
+    when a proxy set them, then the ``Host`` header and the connection's own scheme.
+    """
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    headers = conn.headers
+    scheme = _first(headers.get("x-forwarded-proto")) or _http_scheme(conn.url.scheme)
+    host = _first(headers.get("x-forwarded-host")) or headers.get("host") or conn.url.netloc
+    return f"{_http_scheme(scheme)}://{host}"
+
+
+def stream_url(conn: HTTPConnection, settings: IngestSettings) -> str:
+    """``wss://host[/prefix]/twilio`` (``ws://`` when the public URL is plain http)."""
+    parts = urlsplit(base_url(conn, settings))
+    return f"{_ws_scheme(parts.scheme)}://{parts.netloc}{parts.path}{STREAM_PATH}"
+
+
+def voice_response(url: str, params: Mapping[str, str], forward_to: str | None) -> str:
+    """The TwiML document: start streaming both tracks to ``url``, then dial ``forward_to``.
+
+    ``params`` are the webhook's parameters; those in :data:`STREAM_PARAMETERS` that are
+    present become ``<Parameter>``s of the stream.
+    """
+    response = VoiceResponse()
+    start = Start()
+    stream = Stream(url=url, track="both_tracks")
+    for name in STREAM_PARAMETERS:
+        if params.get(name):
+            stream.parameter(name=name, value=params[name])
+    start.append(stream)
+    response.append(start)
+    if forward_to:
+        response.dial(forward_to)
+    return str(response)
+
+
+class TwilioAuth:
+    """Checks ``X-Twilio-Signature`` when an auth token is configured.
+
+    Without ``settings.twilio_auth_token`` every request is accepted and one warning is logged
+    (per instance: one ingest app, one warning).
+    """
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self._settings = settings
+        token = settings.twilio_auth_token
+        self._validator = RequestValidator(token.get_secret_value()) if token else None
+        self._warned = False
+
+    @property
+    def enabled(self) -> bool:
+        """True when requests must be signed."""
+        return self._validator is not None
+
+    def _verify(self, url: str, params: Mapping[str, str], signature: str | None) -> bool:
+        if self._validator is None:
+            if not self._warned:
+                self._warned = True
+                log.warning("TWILIO_AUTH_TOKEN is not set: Twilio signatures are not checked")
+            return True
+        if not signature:
+            return False
+        return bool(self._validator.validate(url, dict(params), signature))
+
+    def check_http(self, request: Request, form: Mapping[str, str]) -> bool:
+        """Is the webhook request signed? POST signs ``form``; GET signs no parameters."""
+        url = base_url(request, self._settings) + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        params = form if request.method == "POST" else {}
+        return self._verify(url, params, request.headers.get(SIGNATURE_HEADER))
+
+    def check_ws(self, conn: HTTPConnection) -> bool:
+        """Is the WebSocket handshake signed for ``wss://HOST/twilio`` with no parameters?"""
+        return self._verify(
+            stream_url(conn, self._settings), {}, conn.headers.get(SIGNATURE_HEADER)
+        )
+
+
+async def voice_webhook(request: Request, settings: IngestSettings, auth: TwilioAuth) -> Response:
+    """``GET``/``POST /twiml``: the TwiML that streams the call to us (403 if badly signed)."""
+    form: dict[str, str] = {}
+    if request.method == "POST":
+        body = await request.body()
+        if len(body) > MAX_WEBHOOK_BODY_BYTES:
+            return PlainTextResponse("request body too large\n", status_code=413)
+        # Twilio posts application/x-www-form-urlencoded; last value wins for repeated names
+        form = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+    if not auth.check_http(request, form):
+        log.warning("webhook signature refused", extra={"method": request.method})
+        return PlainTextResponse("invalid Twilio signature\n", status_code=403)
+    params = form if request.method == "POST" else dict(request.query_params)
+    xml = voice_response(stream_url(request, settings), params, settings.forward_to)
+    return Response(xml, media_type="application/xml")
