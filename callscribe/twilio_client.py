@@ -195,7 +195,9 @@ async def stream_call(
         open_timeout_s: handshake timeout, s.
 
     Returns:
-        ``{"sent_packets", "dropped_packets", "messages", "duration_s", "close_code"}``;
+        ``{"sent_packets", "dropped_packets", "messages", "duration_s", "close_code",
+        "t0_monotonic"}``; ``t0_monotonic`` is the ``time.monotonic()`` at which stream time 0
+        was due (a packet with timestamp T ms was sent at ``t0 + T / 1000 / speed``);
         ``close_code`` is the server's close code if it closed the socket before we finished,
         else ``None``.
 
@@ -210,6 +212,7 @@ async def stream_call(
     fast = speed <= 0 or math.isinf(speed)
     close_code: int | None = None
     sent_messages = 0
+    t0 = time.monotonic()
     started = time.monotonic()
     async with connect(
         url, additional_headers=headers, open_timeout=open_timeout_s, max_size=1 << 20
@@ -232,4 +235,5 @@ async def stream_call(
         "messages": sent_messages,
         "duration_s": time.monotonic() - started,
         "close_code": close_code,
+        "t0_monotonic": t0,
     }

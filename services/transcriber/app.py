@@ -1,0 +1,40 @@
+"""``run(settings)``: one transcriber worker (usable several times in one process)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.transcriber.engine import AsrEngine
+from services.transcriber.engines import make_engine
+from services.transcriber.worker import Worker
+from shared.redisconn import connect
+from shared.settings import TranscriberSettings
+
+
+async def run(
+    settings: TranscriberSettings,
+    *,
+    stop: asyncio.Event,
+    bound: asyncio.Future[int] | None = None,
+    engine: AsrEngine | None = None,
+) -> None:
+    """Serve calls until ``stop`` is set.
+
+    ``bound`` is unused (the worker listens on no port) and resolved with 0 when given.
+    ``engine``: an engine to use instead of :func:`make_engine` (tests); it is not closed here.
+
+    Raises:
+        AsrError: the configured engine cannot be created (e.g. whisper without faster-whisper).
+    """
+    own_engine = engine is None
+    asr = engine if engine is not None else make_engine(settings)
+    socket_timeout_s = max(settings.redis_socket_timeout_s, settings.read_block_ms / 1000 + 5.0)
+    redis = connect(settings.redis_url, socket_timeout_s=socket_timeout_s)
+    if bound is not None and not bound.done():
+        bound.set_result(0)
+    try:
+        await Worker(settings, redis, asr).run(stop)
+    finally:
+        if own_engine:
+            await asr.aclose()
+        await redis.aclose()

@@ -1,0 +1,288 @@
+"""One owned call: its frames into an ASR session, its results out to Redis, its end in one transaction.
+
+Checkpoint (fields in ``cs:{sid}:meta``, written in the same MULTI as each final's XADD):
+``resume_audio_id`` (last audio entry fully covered by finals on every channel),
+``next_segment`` (first free segment number) and ``final_end_s_<ch>`` (call seconds up to which
+channel ``ch`` is finalised). A worker taking the call over reads audio after
+``resume_audio_id`` and drops results ending at or before ``final_end_s_<ch>``, so no audio
+span gets a second final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from services.transcriber.engine import AsrEngine, AsrSession, CallAudio
+from shared.retry import REDIS_FAILURES, Backoff, cmd
+from shared import keys
+from shared.audio import BYTES_PER_MS
+from shared.errors import AsrError
+from shared.schema import AudioFrame, CallEnded, CallMeta, EndEvent, ErrorEvent, TranscriptEvent
+from shared.settings import TranscriberSettings
+
+log = logging.getLogger(__name__)
+
+QUEUE_FRAMES = 50
+"""Frames buffered per call between the audio reader and the ASR session (5 s of 100 ms frames)."""
+
+_EPS_S = 0.002
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class CallPipeline:
+    """Transcribes call ``sid`` for job ``job_id``; the worker's reader feeds :meth:`deliver`.
+
+    ``wake`` is set whenever the queue has room again, so the reader adds the call back.
+    """
+
+    def __init__(
+        self,
+        sid: str,
+        job_id: str,
+        redis: aioredis.Redis,
+        engine: AsrEngine,
+        settings: TranscriberSettings,
+        wake: asyncio.Event,
+    ) -> None:
+        self.sid = sid
+        self.job_id = job_id
+        self.redis = redis
+        self.engine = engine
+        self.settings = settings
+        self.wake = wake
+        self.queue: asyncio.Queue[tuple[str, AudioFrame]] = asyncio.Queue(QUEUE_FRAMES)
+        self.last_id = "0-0"
+        self.ready = False  # checkpoint read: the reader may include the call
+        self.eof_read = False
+        self.ended = False  # the end transaction ran: the job is acked
+        self.meta: CallMeta | None = None
+        self.channels = 2
+        self.final_end_s = [0.0, 0.0]
+        self.next_segment = 0
+        self.finals = 0
+        self._frames: collections.deque[tuple[str, float]] = collections.deque(maxlen=100_000)
+        self._resume_id = "0-0"
+
+    # ------------------------------------------------------------------ reader side
+
+    def wants_audio(self, count: int) -> bool:
+        """True when the call can take ``count`` more frames from the audio stream."""
+        return self.ready and not self.eof_read and QUEUE_FRAMES - self.queue.qsize() >= count
+
+    def deliver(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Queue one audio entry (the reader checked there is room); a bad entry is skipped."""
+        self.last_id = _s(entry_id)
+        try:
+            frame = AudioFrame.from_redis(fields)
+        except ValueError:
+            log.warning(
+                "bad audio entry skipped", extra={"call_sid": self.sid, "entry": self.last_id}
+            )
+            return
+        if frame.eof:
+            self.eof_read = True
+        self.queue.put_nowait((self.last_id, frame))
+
+    async def _next(self) -> tuple[str, AudioFrame]:
+        item = await self.queue.get()
+        self.wake.set()
+        return item
+
+    # ------------------------------------------------------------------ the call
+
+    async def run(self) -> None:
+        """Serve the call to its end (or until cancelled: then the job stays pending for another worker)."""
+        if not await self._prepare():
+            await self._end(None)
+            return
+        error: AsrError | None = None
+        try:
+            entry_id, frame = await self._next()
+            if not frame.eof:
+                call = CallAudio(self.sid, self.channels, frame.t_ms, self.next_segment)
+                session = await self.engine.open(call, self._on_result)
+                try:
+                    await self._stream(session, entry_id, frame)
+                    await session.finish(self.settings.final_timeout_s)
+                finally:
+                    await session.aclose()
+        except AsrError as exc:
+            error = exc
+            log.error(
+                "asr failed",
+                extra={"call_sid": self.sid, "reason": str(exc), "retryable": exc.retryable},
+            )
+        await self._end(error)
+
+    async def _stream(self, session: AsrSession, entry_id: str, frame: AudioFrame) -> None:
+        per_ms = BYTES_PER_MS * self.channels
+        while not frame.eof:
+            await session.send(frame.t_ms, frame.pcmu)
+            self._frames.append((entry_id, frame.t_ms + len(frame.pcmu) / per_ms))
+            entry_id, frame = await self._next()
+
+    async def _prepare(self) -> bool:
+        """Read meta and checkpoint; False when the call has no metadata or already ended."""
+        backoff = Backoff()
+        while True:
+            try:
+                fields = await cmd(self.redis.hgetall(keys.meta(self.sid)))
+                break
+            except REDIS_FAILURES as exc:
+                log.warning(
+                    "redis unavailable",
+                    extra={"call_sid": self.sid, "error": exc.__class__.__name__},
+                )
+                await backoff.wait()
+        try:
+            self.meta = CallMeta.from_redis(fields)
+        except ValueError:
+            log.warning("job for a call without metadata", extra={"call_sid": self.sid})
+            return False
+        if self.meta.status == "ended":
+            log.info("job for an ended call", extra={"call_sid": self.sid})
+            return False
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        self.channels = 2 if self.meta.channels >= 2 else 1
+        try:
+            self._resume_id = self.last_id = f.get("resume_audio_id") or "0-0"
+            self.next_segment = int(f.get("next_segment") or 0)
+            self.final_end_s = [
+                float(f.get(f"final_end_s_{c}") or 0.0) for c in range(self.channels)
+            ]
+        except ValueError:
+            log.warning("bad checkpoint ignored", extra={"call_sid": self.sid})
+            self.last_id, self.next_segment = "0-0", 0
+            self.final_end_s = [0.0] * self.channels
+        if self.last_id != "0-0":
+            log.info("call resumed", extra={"call_sid": self.sid, "resume_audio_id": self.last_id})
+        self.ready = True
+        self.wake.set()
+        return True
+
+    # ------------------------------------------------------------------ results
+
+    async def _on_result(self, event: TranscriptEvent) -> None:
+        ch = event.channel
+        if ch >= self.channels or event.end <= self.final_end_s[ch] + _EPS_S:
+            return  # finalised before (by us or by the worker we took over from)
+        if not event.is_final:
+            try:
+                await cmd(self.redis.publish(keys.live(self.sid), event.to_json()))
+            except REDIS_FAILURES:
+                log.debug("interim dropped", extra={"call_sid": self.sid})
+            return
+        self.final_end_s[ch] = event.end
+        self.next_segment = max(self.next_segment, event.segment + 1)
+        covered_ms = min(self.final_end_s) * 1000.0
+        while self._frames and self._frames[0][1] <= covered_ms + 0.5:
+            self._resume_id = self._frames.popleft()[0]
+        checkpoint = {
+            "resume_audio_id": self._resume_id,
+            "next_segment": str(self.next_segment),
+            **{f"final_end_s_{c}": f"{e:.3f}" for c, e in enumerate(self.final_end_s)},
+        }
+        event.id = await self._store_final(event, checkpoint)
+        self.finals += 1
+        payload = event.to_json()
+        await self._publish(keys.live(self.sid), payload)
+
+    async def _store_final(self, event: TranscriptEvent, checkpoint: dict[str, str]) -> str:
+        """XADD the final and HSET the checkpoint in one transaction; the entry ID."""
+        backoff = Backoff()
+        history = event.to_history()
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(
+                        keys.transcript(self.sid),
+                        history,
+                        maxlen=self.settings.transcript_maxlen,
+                        approximate=True,
+                    )  # type: ignore[arg-type]
+                    pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]
+                    result = await pipe.execute()
+                return _s(result[0])
+            except REDIS_FAILURES as exc:
+                log.warning(
+                    "redis unavailable",
+                    extra={"call_sid": self.sid, "error": exc.__class__.__name__},
+                )
+                await backoff.wait()
+                stored = await self._stored_id(event)
+                if stored is not None:
+                    return stored
+
+    async def _stored_id(self, event: TranscriptEvent) -> str | None:
+        """After a failed EXEC: the final's entry ID if the transaction did apply, else None."""
+        try:
+            done = await cmd(self.redis.hget(keys.meta(self.sid), f"final_end_s_{event.channel}"))
+            if done is None or float(done) + _EPS_S < event.end:
+                return None
+            last = await cmd(self.redis.xrevrange(keys.transcript(self.sid), count=1))
+            return _s(last[0][0]) if last else None
+        except REDIS_FAILURES:
+            return None
+
+    async def _publish(self, channel: str, payload: str, attempts: int = 5) -> None:
+        backoff = Backoff()
+        for _ in range(attempts):
+            try:
+                await cmd(self.redis.publish(channel, payload))
+                return
+            except REDIS_FAILURES:
+                await backoff.wait()
+        log.warning("live event not published", extra={"call_sid": self.sid})
+
+    # ------------------------------------------------------------------ end
+
+    async def _end(self, error: AsrError | None) -> None:
+        """Publish end (after an error event when ASR failed), retire the call, ack the job."""
+        if error is not None:
+            msg = ErrorEvent(
+                code="asr_failed",
+                message="transcription failed; the transcript may be incomplete",
+                call_sid=self.sid,
+            )
+            await self._publish(keys.live(self.sid), msg.to_json())
+        now = time.time()
+        meta = (self.meta or CallMeta(call_sid=self.sid)).model_copy(
+            update={"status": "ended", "ended_at": now}
+        )
+        end_json = EndEvent(call_sid=self.sid).to_json()
+        ended_json = CallEnded(call=meta).to_json()
+        backoff = Backoff()
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.publish(keys.live(self.sid), end_json)
+                    pipe.srem(keys.ACTIVE_CALLS, self.sid)
+                    pipe.hset(
+                        keys.meta(self.sid), mapping={"status": "ended", "ended_at": f"{now:.3f}"}
+                    )
+                    pipe.publish(keys.CALL_EVENTS, ended_json)
+                    pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
+                    pipe.xdel(keys.JOBS, self.job_id)
+                    for key in keys.call_keys(self.sid):
+                        pipe.expire(key, self.settings.retention_s)
+                    await pipe.execute()
+                break
+            except REDIS_FAILURES as exc:
+                log.warning(
+                    "redis unavailable",
+                    extra={"call_sid": self.sid, "error": exc.__class__.__name__},
+                )
+                await backoff.wait()
+        self.ended = True
+        log.info(
+            "call ended",
+            extra={"call_sid": self.sid, "finals": self.finals, "asr_failed": error is not None},
+        )

@@ -1,0 +1,381 @@
+"""Deepgram live engine: one WebSocket per call, reconnecting without losing or repeating finals.
+
+Protocol: https://developers.deepgram.com/reference/speech-to-text-api/listen-streaming.
+Per connection three tasks: *sender* (replayed audio, then new frames; ``CloseStream`` at the
+end, never an empty binary frame: https://developers.deepgram.com/docs/close-stream),
+*receiver* (Results → events), *keepalive* (``{"type": "KeepAlive"}`` when no audio went out
+for ``keepalive_s``: Deepgram closes an idle socket after 10 s with 1011 NET-0001,
+https://developers.deepgram.com/docs/audio-keep-alive).
+
+Failures (https://developers.deepgram.com/docs/recovering-from-connection-errors): 401/403/400
+at the handshake are final (:class:`AsrError` ``retryable=False``); 429, 5xx, network drops
+and 1011 reconnect with exponential backoff and jitter, up to ``max_retries`` (the budget
+resets when a final arrives), replaying the audio sent since the channels' last finals.
+Results times restart at 0 on each connection: they are shifted by the call time of the first
+frame sent on that connection. Finals (and interims) of audio already finalised are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from services.transcriber.dgproto import (
+    DeepgramMessageError,
+    SegmentTracker,
+    build_url,
+    parse_message,
+    parse_results,
+    results_to_event,
+)
+from services.transcriber.engine import CallAudio, OnResult
+from shared.audio import BYTES_PER_MS
+from shared.errors import AsrError
+from shared.settings import TranscriberSettings
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = frozenset({400, 401, 402, 403, 404})
+"""Handshake statuses that will fail again: never retried."""
+
+_KEEPALIVE = '{"type":"KeepAlive"}'
+_CLOSE_STREAM = '{"type":"CloseStream"}'
+_FINISH = None  # queue sentinel: no more audio
+_EPS_S = 0.002
+
+
+class _Dropped(Exception):
+    """The connection ended before the session was done (retryable)."""
+
+
+class DeepgramEngine:
+    """Opens a :class:`DeepgramSession` per call. ``backoff_s``: first reconnect delay (doubles, ≤ 5 s).
+
+    ``replay_max_frames``: the most frames kept for replay after a drop (older ones are lost).
+    """
+
+    name = "deepgram"
+
+    def __init__(
+        self,
+        settings: TranscriberSettings,
+        *,
+        backoff_s: float = 0.25,
+        queue_frames: int = 20,
+        replay_max_frames: int = 600,
+    ) -> None:
+        self.settings = settings
+        self.backoff_s = backoff_s
+        self.queue_frames = queue_frames
+        self.replay_max_frames = replay_max_frames
+
+    async def open(self, call: CallAudio, on_result: OnResult) -> DeepgramSession:
+        """Connect for ``call`` (retrying as documented) and start streaming.
+
+        Raises:
+            AsrError: the handshake failed for good (401/403/400) or retries ran out.
+        """
+        session = DeepgramSession(self, call, on_result)
+        await session.start()
+        return session
+
+    async def aclose(self) -> None:
+        """Nothing shared to release."""
+
+
+class DeepgramSession:
+    """One call's Deepgram stream. Use :meth:`send` per frame, then :meth:`finish` or :meth:`aclose`."""
+
+    def __init__(self, engine: DeepgramEngine, call: CallAudio, on_result: OnResult) -> None:
+        s = engine.settings
+        self._engine = engine
+        self._call = call
+        self._on_result = on_result
+        self._url = build_url(
+            s.deepgram_url,
+            channels=call.channels,
+            model=s.deepgram_model,
+            language=s.deepgram_language,
+            extra_params=s.deepgram_params,
+        )
+        key = s.deepgram_api_key.get_secret_value() if s.deepgram_api_key else ""
+        self._headers = {"Authorization": f"Token {key}"}
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(engine.queue_frames)
+        self._replay: collections.deque[tuple[int, bytes]] = collections.deque(
+            maxlen=engine.replay_max_frames
+        )
+        self._segments = SegmentTracker(call.first_segment)
+        self._final_end_s = [call.start_ms / 1000.0] * call.channels
+        self._frame_bytes_per_ms = BYTES_PER_MS * call.channels
+        self._offset_s = 0.0
+        self._finishing = False
+        self._closing = False  # CloseStream sent on this connection: a close is expected
+        self._last_sent = time.monotonic()
+        self._retries = 0
+        self._connections = 0
+        self._error: AsrError | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connections(self) -> int:
+        """How many connections were opened (1 + reconnects)."""
+        return self._connections
+
+    async def start(self) -> None:
+        """Start the session task and wait for the first connection.
+
+        Raises:
+            AsrError: the first connection failed for good.
+        """
+        self._task = asyncio.create_task(self._run(), name=f"deepgram-{self._call.call_sid}")
+        connected = asyncio.create_task(self._connected.wait())
+        try:
+            await asyncio.wait({self._task, connected}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._task is not None and self._task.done() and not self._finishing:
+            raise AsrError("deepgram session ended unexpectedly", retryable=False)
+
+    async def send(self, t_ms: int, pcmu: bytes) -> None:
+        """Queue one frame (bounded: waits while Deepgram is behind).
+
+        Raises:
+            AsrError: the session failed for good.
+        """
+        self._raise_if_failed()
+        if not self._queue.full():
+            self._queue.put_nowait((t_ms, pcmu))
+            return
+        assert self._task is not None
+        put = asyncio.create_task(self._queue.put((t_ms, pcmu)))
+        try:
+            await asyncio.wait({put, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not put.done():
+                put.cancel()
+        self._raise_if_failed()
+
+    async def finish(self, timeout_s: float) -> None:
+        """Send ``CloseStream`` after the queued audio and wait for the last finals.
+
+        Raises:
+            AsrError: the session failed for good, or did not end within ``timeout_s``.
+        """
+        self._raise_if_failed()
+        self._finishing = True
+        assert self._task is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._queue.put(_FINISH)
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            await self.aclose()
+            raise AsrError("deepgram did not finish in time", retryable=True) from None
+        self._raise_if_failed()
+
+    async def aclose(self) -> None:
+        """Stop at once (no CloseStream); idempotent."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # ------------------------------------------------------------------ connection loop
+
+    async def _run(self) -> None:
+        sid = self._call.call_sid
+        try:
+            while True:
+                try:
+                    if await self._connection():
+                        return
+                except _Dropped as exc:
+                    reason = str(exc)
+                except AsrError as exc:
+                    if not exc.retryable:
+                        raise
+                    reason = str(exc)
+                self._retries += 1
+                if self._retries > self._engine.settings.max_retries:
+                    raise AsrError(
+                        f"deepgram: gave up after {self._retries - 1} retries", retryable=False
+                    )
+                delay = min(self._engine.backoff_s * 2 ** (self._retries - 1), 5.0)
+                delay *= random.uniform(0.5, 1.0)
+                log.warning(
+                    "deepgram reconnect",
+                    extra={
+                        "call_sid": sid,
+                        "reason": reason,
+                        "retry": self._retries,
+                        "delay_s": round(delay, 3),
+                    },
+                )
+                await asyncio.sleep(delay)
+        except AsrError as exc:
+            self._error = exc
+            log.error("deepgram failed", extra={"call_sid": sid, "reason": str(exc)})
+        except Exception as exc:  # the result handler failed: the session cannot go on
+            self._error = AsrError(
+                f"deepgram session failed: {exc.__class__.__name__}", retryable=False
+            )
+            log.exception("deepgram session failed", extra={"call_sid": sid})
+
+    async def _connect(self) -> ClientConnection:
+        try:
+            async with asyncio.timeout(self._engine.settings.connect_timeout_s):
+                ws = await connect(
+                    self._url,
+                    additional_headers=self._headers,
+                    open_timeout=None,
+                    proxy=None,
+                    compression=None,
+                    max_size=1 << 20,
+                    close_timeout=2.0,
+                    user_agent_header="callscribe",
+                )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise AsrError(
+                f"deepgram handshake HTTP {status}", retryable=status not in FINAL_STATUSES
+            ) from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise AsrError(
+                f"deepgram connect failed: {exc.__class__.__name__}", retryable=True
+            ) from None
+        self._connections += 1
+        return ws
+
+    async def _connection(self) -> bool:
+        """One connection's life; True when the session is done, :class:`_Dropped` otherwise."""
+        ws = await self._connect()
+        sid = self._call.call_sid
+        self._closing = False
+        self._offset_s = self._replay[0][0] / 1000.0 if self._replay else -1.0
+        log.info(
+            "deepgram connected",
+            extra={
+                "call_sid": sid,
+                "connection": self._connections,
+                "replay_frames": len(self._replay),
+            },
+        )
+        self._connected.set()
+        try:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    sender = tg.create_task(self._sender(ws))
+                    keepalive = tg.create_task(self._keepalive(ws))
+                    try:
+                        await self._receiver(ws)
+                    finally:
+                        sender.cancel()
+                        keepalive.cancel()
+            except* _Dropped as group:
+                raise group.exceptions[0] from None
+        finally:
+            await ws.close()
+        log.info("deepgram closed", extra={"call_sid": sid, "connection": self._connections})
+        return True
+
+    async def _send_audio(self, ws: ClientConnection, t_ms: int, pcmu: bytes) -> None:
+        if self._offset_s < 0:
+            self._offset_s = t_ms / 1000.0
+        await ws.send(pcmu)
+        self._last_sent = time.monotonic()
+
+    async def _sender(self, ws: ClientConnection) -> None:
+        try:
+            for t_ms, pcmu in list(self._replay):
+                await self._send_audio(ws, t_ms, pcmu)
+            while not self._finishing or not self._queue.empty():
+                item = await self._queue.get()
+                if item is _FINISH:
+                    break
+                self._replay.append(item)
+                await self._send_audio(ws, *item)
+            self._closing = True
+            await ws.send(_CLOSE_STREAM)
+        except ConnectionClosed:
+            return  # the receiver sees the close and decides
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        interval_s = self._engine.settings.keepalive_s
+        with contextlib.suppress(ConnectionClosed):
+            while not self._closing:
+                wait_s = self._last_sent + interval_s - time.monotonic()
+                if wait_s > 0:
+                    await asyncio.sleep(min(wait_s, interval_s))
+                    continue
+                await ws.send(_KEEPALIVE)
+                self._last_sent = time.monotonic()
+
+    async def _receiver(self, ws: ClientConnection) -> None:
+        try:
+            async for raw in ws:
+                await self._handle(raw)
+        except ConnectionClosed:
+            pass
+        code = ws.close_code
+        if self._closing and code == 1000:
+            return
+        reason = ws.close_reason or ""
+        raise _Dropped(f"closed {code} {reason[:40]}".strip())
+
+    async def _handle(self, raw: str | bytes) -> None:
+        sid = self._call.call_sid
+        try:
+            data = parse_message(raw)
+            kind = data["type"]
+            if kind != "Results":
+                if kind == "Error":
+                    log.warning("deepgram error message", extra={"call_sid": sid})
+                else:
+                    log.debug("deepgram message", extra={"call_sid": sid, "type": kind[:40]})
+                return
+            results = parse_results(data)
+            channel = results.channel_index[0]
+            end_s = self._offset_s + results.start + results.duration
+            if (
+                0 <= channel < len(self._final_end_s)
+                and end_s <= self._final_end_s[channel] + _EPS_S
+            ):
+                return  # already finalised (replayed audio)
+            event = results_to_event(
+                results,
+                call_sid=sid,
+                channels=self._call.channels,
+                offset_s=self._offset_s,
+                segments=self._segments,
+            )
+        except DeepgramMessageError as exc:
+            log.warning("deepgram bad message", extra={"call_sid": sid, "code": exc.code})
+            return
+        if results.is_final:
+            self._final_end_s[channel] = max(self._final_end_s[channel], end_s)
+            self._trim_replay()
+            if event is not None:
+                self._retries = 0
+        if event is not None:
+            await self._on_result(event)
+
+    def _trim_replay(self) -> None:
+        """Forget frames that end before every channel's last final."""
+        covered_ms = min(self._final_end_s) * 1000.0
+        per_ms = self._frame_bytes_per_ms
+        replay = self._replay
+        while replay and replay[0][0] + len(replay[0][1]) / per_ms <= covered_ms + 0.5:
+            replay.popleft()

@@ -1,0 +1,59 @@
+"""``python -m services.transcriber --check``: is a worker alive? (its health key is fresh)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from shared.retry import REDIS_FAILURES
+from shared import keys
+from shared.redisconn import connect, is_memory
+from shared.settings import TranscriberSettings
+
+log = logging.getLogger(__name__)
+
+
+def is_fresh(raw: bytes | str | None, *, now_s: float, max_age_s: float) -> bool:
+    """True when a health value ``{"calls", "ts"}`` was written less than ``max_age_s`` ago."""
+    if raw is None:
+        return False
+    try:
+        data = json.loads(raw)
+        return bool(now_s - float(data["ts"]) <= max_age_s)
+    except (ValueError, TypeError, KeyError):
+        return False
+
+
+async def check(
+    settings: TranscriberSettings, consumer: str | None = None, timeout_s: float = 5.0
+) -> bool:
+    """True when the health key of ``consumer`` (or of any worker, when None) is fresh.
+
+    A worker refreshes it every ``lease_renew_s``; fresh = younger than three periods.
+    False when Redis cannot be reached within ``timeout_s`` or for ``memory://`` (another process
+    cannot see an in-process Redis).
+    """
+    if is_memory(settings.redis_url):
+        return False
+    max_age_s = max(1.0, 3 * settings.lease_renew_s)
+    redis = connect(settings.redis_url, socket_timeout_s=timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            if consumer:
+                names = [keys.worker(consumer)]
+            else:
+                names = [
+                    k async for k in redis.scan_iter(match=keys.WORKERS_PREFIX + "*", count=100)
+                ]
+            now_s = time.time()
+            for name in names:
+                if is_fresh(await redis.get(name), now_s=now_s, max_age_s=max_age_s):
+                    return True
+            return False
+    except (*REDIS_FAILURES, TimeoutError) as exc:
+        log.warning("health check failed", extra={"error": exc.__class__.__name__})
+        return False
+    finally:
+        await redis.aclose()

@@ -1,0 +1,307 @@
+"""The transcriber worker: claims calls from ``cs:jobs``, reads all their audio with one XREAD.
+
+Three loops under one TaskGroup, plus one task per owned call:
+
+* *claim*: XAUTOCLAIM jobs idle longer than ``claim_idle_ms`` (a dead worker's calls), then
+  XREADGROUP ``>`` for as many new jobs as there is free capacity (``max_calls``), BLOCK
+  ``read_block_ms`` (https://redis.io/docs/latest/commands/xautoclaim/, /xreadgroup/).
+* *lease*: every ``lease_renew_s``, XCLAIM (min idle 0, JUSTID) the jobs still pending under our
+  name, so live calls never look idle; a job that another worker took is abandoned here. It also
+  refreshes the health key ``cs:worker:<consumer>`` (``{"calls", "ts"}``, TTL 3 leases).
+* *audio*: one XREAD BLOCK over every owned call's audio stream from its last ID; a call whose
+  queue is full is left out of the round until it drains, so backpressure stays in Redis.
+
+Redis failures never end the worker: each loop backs off with jitter and resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from services.transcriber.call import CallPipeline
+from services.transcriber.engine import AsrEngine
+from shared.retry import REDIS_FAILURES, Backoff, cmd
+from shared import keys
+from shared.settings import TranscriberSettings
+
+log = logging.getLogger(__name__)
+
+READ_COUNT = 10
+"""Audio entries one XREAD round takes per call at most (1 s of 100 ms frames)."""
+
+
+def health_ttl_ms(settings: TranscriberSettings) -> int:
+    """TTL of the health key: three lease periods, at least one second."""
+    return max(1000, int(settings.lease_renew_s * 3000))
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Worker:
+    """One consumer in the ``transcribers`` group; :meth:`run` serves until ``stop`` is set."""
+
+    def __init__(
+        self, settings: TranscriberSettings, redis: aioredis.Redis, engine: AsrEngine
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.engine = engine
+        self.consumer = settings.consumer
+        self.calls: dict[str, CallPipeline] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake_reader = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self.served = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and serve calls until ``stop``; unfinished calls stay pending for another worker."""
+        log.info(
+            "worker started",
+            extra={"consumer": self.consumer, "max_calls": self.settings.max_calls},
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                loops = [
+                    tg.create_task(self._claim_loop(), name="claim"),
+                    tg.create_task(self._lease_loop(), name="lease"),
+                    tg.create_task(self._audio_loop(), name="audio"),
+                ]
+                await stop.wait()
+                for task in [*loops, *self._tasks.values()]:
+                    task.cancel()
+        finally:
+            handed_over = len(self._tasks)
+            with contextlib.suppress(*REDIS_FAILURES):
+                async with asyncio.timeout(1.0):
+                    await cmd(self.redis.delete(keys.worker(self.consumer)))
+            log.info(
+                "worker stopped",
+                extra={
+                    "consumer": self.consumer,
+                    "served": self.served,
+                    "handed_over": handed_over,
+                },
+            )
+
+    # ------------------------------------------------------------------ claiming
+
+    async def _ensure_group(self) -> None:
+        try:
+            await cmd(self.redis.xgroup_create(keys.JOBS, keys.JOBS_GROUP, id="0", mkstream=True))
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _free(self) -> int:
+        return self.settings.max_calls - len(self._tasks)
+
+    async def _claim_loop(self) -> None:
+        backoff = Backoff()
+        group_ready = False
+        block_ms = self.settings.read_block_ms
+        while True:
+            try:
+                if not group_ready:
+                    await self._ensure_group()
+                    group_ready = True
+                if self._free() <= 0:
+                    self._capacity.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(block_ms / 1000):
+                            await self._capacity.wait()
+                    continue
+                _, claimed, *_ = await cmd(
+                    self.redis.xautoclaim(
+                        keys.JOBS,
+                        keys.JOBS_GROUP,
+                        self.consumer,
+                        min_idle_time=self.settings.claim_idle_ms,
+                        start_id="0-0",
+                        count=self._free(),
+                    )
+                )
+                for job_id, fields in claimed:
+                    await self._take(job_id, fields, reclaimed=True)
+                if self._free() > 0:
+                    resp = await cmd(
+                        self.redis.xreadgroup(
+                            keys.JOBS_GROUP,
+                            self.consumer,
+                            {keys.JOBS: ">"},
+                            count=self._free(),
+                            block=block_ms,
+                        )
+                    )
+                    for _stream, entries in resp or []:
+                        for job_id, fields in entries:
+                            await self._take(job_id, fields, reclaimed=False)
+                backoff.reset()
+            except REDIS_FAILURES as exc:
+                if isinstance(exc, ResponseError) and (
+                    "NOGROUP" in str(exc) or "no such key" in str(exc)
+                ):
+                    group_ready = False
+                delay = await backoff.wait()
+                log.warning(
+                    "redis unavailable",
+                    extra={
+                        "loop": "claim",
+                        "error": exc.__class__.__name__,
+                        "retry_in_s": round(delay, 3),
+                    },
+                )
+
+    async def _take(
+        self, job_id: bytes, fields: dict[bytes, bytes] | None, *, reclaimed: bool
+    ) -> None:
+        """Start serving the call of one job (or drop a job that names no call)."""
+        jid = _s(job_id)
+        sid = _s(fields.get(b"call_sid", b"")) if fields else ""
+        if sid in self.calls and self.calls[sid].job_id == jid:
+            return  # already ours
+        if not sid or sid in self.calls:
+            log.warning("bad or duplicate job dropped", extra={"call_sid": sid or "-", "job": jid})
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(keys.JOBS, keys.JOBS_GROUP, jid)
+                pipe.xdel(keys.JOBS, jid)
+                await pipe.execute()
+            return
+        assert self._tg is not None
+        call = CallPipeline(sid, jid, self.redis, self.engine, self.settings, self._wake_reader)
+        serve = self._serve(call)
+        try:
+            task = self._tg.create_task(serve, name=f"call-{sid}")
+        except RuntimeError:  # shutting down: the job stays pending for another worker
+            serve.close()
+            return
+        self.calls[sid] = call
+        self._tasks[sid] = task
+        log.info(
+            "call claimed",
+            extra={"call_sid": sid, "consumer": self.consumer, "taken_over": reclaimed},
+        )
+
+    async def _serve(self, call: CallPipeline) -> None:
+        try:
+            await call.run()
+            self.served += 1
+        except Exception:
+            # the job stays pending: another worker (or we) will claim it after claim_idle_ms
+            log.exception("call failed", extra={"call_sid": call.sid})
+        finally:
+            if self.calls.get(call.sid) is call:
+                del self.calls[call.sid]
+                self._tasks.pop(call.sid, None)
+            self._capacity.set()
+
+    # ------------------------------------------------------------------ lease and health
+
+    async def _lease_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self._renew()
+                await cmd(
+                    self.redis.set(
+                        keys.worker(self.consumer),
+                        json.dumps({"calls": len(self.calls), "ts": round(time.time(), 3)}),
+                        px=health_ttl_ms(self.settings),
+                    )
+                )
+                backoff.reset()
+                await asyncio.sleep(self.settings.lease_renew_s)
+            except REDIS_FAILURES as exc:
+                delay = await backoff.wait()
+                log.warning(
+                    "redis unavailable",
+                    extra={
+                        "loop": "lease",
+                        "error": exc.__class__.__name__,
+                        "retry_in_s": round(delay, 3),
+                    },
+                )
+
+    async def _renew(self) -> None:
+        """Re-claim our pending jobs; abandon the calls whose job another worker took."""
+        owned = {c.job_id: c for c in self.calls.values() if not c.ended}
+        if not owned:
+            return
+        pending = await cmd(
+            self.redis.xpending_range(
+                keys.JOBS,
+                keys.JOBS_GROUP,
+                min="-",
+                max="+",
+                count=2 * self.settings.max_calls + 10,
+                consumername=self.consumer,
+            )
+        )
+        mine = {_s(p["message_id"]) for p in pending}
+        keep = [jid for jid in owned if jid in mine]
+        if keep:
+            await cmd(
+                self.redis.xclaim(
+                    keys.JOBS,
+                    keys.JOBS_GROUP,
+                    self.consumer,
+                    min_idle_time=0,
+                    message_ids=keep,
+                    justid=True,
+                )
+            )
+        for jid, call in owned.items():
+            if jid not in mine and not call.ended:
+                log.warning("call lost to another worker", extra={"call_sid": call.sid, "job": jid})
+                task = self._tasks.get(call.sid)
+                if task is not None:
+                    task.cancel()
+
+    # ------------------------------------------------------------------ audio
+
+    async def _audio_loop(self) -> None:
+        backoff = Backoff()
+        block_ms = self.settings.read_block_ms
+        while True:
+            streams = {
+                keys.audio(sid): c.last_id
+                for sid, c in self.calls.items()
+                if c.wants_audio(READ_COUNT)
+            }
+            if not streams:
+                self._wake_reader.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(block_ms / 1000):
+                        await self._wake_reader.wait()
+                continue
+            try:
+                resp = await cmd(self.redis.xread(streams, count=READ_COUNT, block=block_ms))
+                backoff.reset()
+            except REDIS_FAILURES as exc:
+                delay = await backoff.wait()
+                log.warning(
+                    "redis unavailable",
+                    extra={
+                        "loop": "audio",
+                        "error": exc.__class__.__name__,
+                        "retry_in_s": round(delay, 3),
+                    },
+                )
+                continue
+            for stream, entries in resp or []:
+                sid = _s(stream).split("{", 1)[1].split("}", 1)[0]
+                call = self.calls.get(sid)
+                if call is None or call.last_id != streams.get(_s(stream)):
+                    continue  # the call ended or was re-created meanwhile
+                for entry_id, fields in entries:
+                    call.deliver(entry_id, fields)

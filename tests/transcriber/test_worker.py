@@ -1,0 +1,275 @@
+"""The transcriber worker with a real redis-server and the fake Deepgram server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from services.transcriber.app import run
+from services.transcriber.deepgram import DeepgramEngine
+from shared import keys
+from shared.redisconn import connect
+from shared.schema import AudioFrame, CallMeta, TranscriptEvent
+from tests.fakes.deepgram import FakeDeepgram, Turn
+from tests.transcriber.dgutil import call_audio, dentist, frames, settings
+
+WAIT_S = 15.0
+
+
+def sid_of(n: int) -> str:
+    """A call SID for test call ``n``."""
+    return f"CA{n:032d}"
+
+
+async def add_call(redis: aioredis.Redis, sid: str, *, channels: int = 2) -> None:
+    """What ingest does at ``start``: meta, active set, one job."""
+    tracks = ["inbound", "outbound"][:channels]
+    meta = CallMeta(call_sid=sid, stream_sid="MZ1", tracks=tracks, channels=channels)
+    await redis.hset(keys.meta(sid), mapping=meta.to_redis())  # type: ignore[arg-type]
+    await redis.sadd(keys.ACTIVE_CALLS, sid)
+    await redis.xadd(keys.JOBS, {"call_sid": sid})
+
+
+async def add_audio(
+    redis: aioredis.Redis,
+    sid: str,
+    audio: bytes,
+    *,
+    from_s: float = 0.0,
+    to_s: float | None = None,
+    eof: bool = True,
+) -> None:
+    """Append the frames of ``audio`` between ``from_s`` and ``to_s`` (and eof) as ingest would."""
+    pipe = redis.pipeline(transaction=False)
+    last_end = 0
+    for t_ms, pcmu in frames(audio):
+        last_end = t_ms + len(pcmu) // 16
+        if t_ms < from_s * 1000 or (to_s is not None and t_ms >= to_s * 1000):
+            continue
+        pipe.xadd(keys.audio(sid), AudioFrame(t_ms=t_ms, pcmu=pcmu).to_redis())  # type: ignore[arg-type]
+    if eof:
+        pipe.xadd(keys.audio(sid), AudioFrame(t_ms=last_end, eof=True).to_redis())  # type: ignore[arg-type]
+    await pipe.execute()
+
+
+@asynccontextmanager
+async def worker(
+    redis_url: str, dg_url: str, **overrides: object
+) -> AsyncIterator[asyncio.Task[None]]:
+    """A running worker (its own engine) stopped on exit."""
+    s = settings(redis_url=redis_url, deepgram_url=dg_url, **overrides)
+    stop = asyncio.Event()
+    engine = DeepgramEngine(s, backoff_s=0.01)
+    task = asyncio.create_task(run(s, stop=stop, engine=engine))
+    try:
+        yield task
+    finally:
+        stop.set()
+        async with asyncio.timeout(5):
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def wait_messages(
+    pubsub: aioredis.client.PubSub, done: set[str], what: str
+) -> list[dict[str, object]]:
+    """Collect pub/sub JSON messages until every SID in ``done`` has a ``what`` event."""
+    seen: list[dict[str, object]] = []
+    left = set(done)
+    async with asyncio.timeout(WAIT_S):
+        while left:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is None:
+                continue
+            data = json.loads(msg["data"])
+            seen.append(data)
+            if data["type"] == what:
+                left.discard(data.get("call_sid") or data["call"]["call_sid"])  # type: ignore[index]
+    return seen
+
+
+async def history(redis: aioredis.Redis, sid: str) -> list[TranscriptEvent]:
+    """The call's finals from ``cs:{sid}:transcript``."""
+    return [TranscriptEvent.from_history(i, f) for i, f in await redis.xrange(keys.transcript(sid))]
+
+
+def expected(script: list[Turn]) -> list[tuple[int, str]]:
+    """``(channel, text)`` of each turn in the order its final is published."""
+    return [(t.channel, t.text) for t in sorted(script, key=lambda t: (t.end_s, t.channel))]
+
+
+async def test_call_is_transcribed_published_and_retired(
+    redis_url: str, redis: aioredis.Redis, audio_dir: Path
+) -> None:
+    """Finals land in history in order, go live with their IDs, then end + call_ended + TTLs + ack."""
+    script, duration_s = dentist(audio_dir)
+    sid = sid_of(1)
+    live = redis.pubsub()
+    await live.subscribe(keys.live(sid), keys.CALL_EVENTS)
+    await add_call(redis, sid)
+    await add_audio(redis, sid, call_audio(duration_s))
+    async with FakeDeepgram(script) as fake, worker(redis_url, fake.url):
+        seen = await wait_messages(live, {sid}, "call_ended")
+    await live.aclose()
+    finals = await history(redis, sid)
+    assert [(e.channel, e.text) for e in finals] == expected(script)
+    live_finals = [m for m in seen if m["type"] == "transcript" and m["is_final"]]
+    assert [m["id"] for m in live_finals] == [e.id for e in finals]
+    assert any(m["type"] == "transcript" and not m["is_final"] and m["id"] is None for m in seen)
+    types = [m["type"] for m in seen]
+    assert types.index("end") > max(i for i, t in enumerate(types) if t == "transcript")
+    assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
+    assert (await redis.hget(keys.meta(sid), "status")) == b"ended"
+    for key in keys.call_keys(sid):
+        assert 0 < await redis.ttl(key) <= 24 * 3600
+    assert await redis.xlen(keys.JOBS) == 0
+    assert (await redis.xpending(keys.JOBS, keys.JOBS_GROUP))["pending"] == 0
+
+
+async def test_two_workers_share_calls_and_each_call_is_transcribed_once(
+    redis_url: str, redis: aioredis.Redis, audio_dir: Path
+) -> None:
+    """Four calls on two workers of two slots each: both work, every call's finals appear once."""
+    script, duration_s = dentist(audio_dir)
+    audio = call_audio(duration_s)
+    sids = [sid_of(n) for n in range(10, 14)]
+    events = redis.pubsub()
+    await events.subscribe(keys.CALL_EVENTS, *(keys.live(s) for s in sids))
+    async with (
+        FakeDeepgram(script) as fake,
+        worker(redis_url, fake.url, consumer="a", max_calls=2),
+        worker(redis_url, fake.url, consumer="b", max_calls=2),
+    ):
+        for sid in sids:
+            await add_call(redis, sid)
+            await add_audio(redis, sid, audio, to_s=8.0, eof=False)
+        await wait_messages(events, set(sids), "transcript")  # all four are being served at once
+        consumers = {
+            c["name"]: c["pending"] for c in await redis.xinfo_consumers(keys.JOBS, keys.JOBS_GROUP)
+        }
+        assert consumers == {b"a": 2, b"b": 2} or consumers == {"a": 2, "b": 2}
+        for sid in sids:
+            await add_audio(redis, sid, audio, from_s=8.0)
+        await wait_messages(events, set(sids), "call_ended")
+    await events.aclose()
+    for sid in sids:
+        assert [(e.channel, e.text) for e in await history(redis, sid)] == expected(script)
+    assert len(fake.connections) == len(sids)
+
+
+async def test_killed_worker_call_is_taken_over_without_duplicates(
+    redis_url: str, redis: aioredis.Redis, audio_dir: Path
+) -> None:
+    """A worker dies mid-call; after claim_idle_ms the other resumes it: every final exactly once."""
+    script, duration_s = dentist(audio_dir)
+    audio = call_audio(duration_s)
+    sid = sid_of(20)
+    events = redis.pubsub()
+    await events.subscribe(keys.CALL_EVENTS)
+    await add_call(redis, sid)
+    await add_audio(redis, sid, audio, to_s=17.0, eof=False)
+    async with FakeDeepgram(script, reference=audio) as fake:
+        async with worker(redis_url, fake.url, consumer="a") as a:
+            async with asyncio.timeout(WAIT_S):
+                await redis.xread({keys.transcript(sid): "0-0"}, block=int(WAIT_S * 1000))
+                while (
+                    len(await history(redis, sid)) < 3
+                ):  # let it get past both channels' first finals
+                    await redis.xread({keys.transcript(sid): "$"}, block=1000)
+            a.cancel()  # dies: no handover, its job stays pending under "a"
+        before = await history(redis, sid)
+        async with worker(redis_url, fake.url, consumer="b"):
+            await add_audio(redis, sid, audio, from_s=17.0)
+            await wait_messages(events, {sid}, "call_ended")
+    await events.aclose()
+    finals = await history(redis, sid)
+    assert [(e.channel, e.text) for e in finals] == expected(script)
+    assert finals[: len(before)] == before
+    segments = [e.segment for e in finals]
+    assert len(set(segments)) == len(segments)
+    assert len(fake.connections) == 2
+    assert fake.connections[1].offset_s > 0, "the new worker resumed from the checkpoint"
+
+
+async def test_max_calls_is_respected(
+    redis_url: str, redis: aioredis.Redis, audio_dir: Path
+) -> None:
+    """With max_calls=1 a second call waits in the stream until the first ends."""
+    script, duration_s = dentist(audio_dir)
+    audio = call_audio(duration_s)
+    first, second = sid_of(30), sid_of(31)
+    events = redis.pubsub()
+    await events.subscribe(keys.CALL_EVENTS, keys.live(first), keys.live(second))
+    async with FakeDeepgram(script) as fake, worker(redis_url, fake.url, max_calls=1):
+        for sid in (first, second):
+            await add_call(redis, sid)
+            await add_audio(redis, sid, audio, to_s=8.0, eof=False)
+        seen = await wait_messages(events, {first}, "transcript")
+        assert (await redis.xpending(keys.JOBS, keys.JOBS_GROUP))["pending"] == 1
+        assert all(m.get("call_sid") != second for m in seen)
+        await add_audio(redis, first, audio, from_s=8.0)
+        await wait_messages(events, {first}, "call_ended")
+        await add_audio(redis, second, audio, from_s=8.0)
+        await wait_messages(events, {second}, "call_ended")
+    await events.aclose()
+    assert len(await history(redis, second)) == len(script)
+
+
+async def test_engine_failure_publishes_error_and_still_ends_the_call(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A final ASR error (401) sends an error event, then end and call_ended; the job is acked."""
+    sid = sid_of(40)
+    live = redis.pubsub()
+    await live.subscribe(keys.live(sid), keys.CALL_EVENTS)
+    await add_call(redis, sid)
+    await add_audio(redis, sid, call_audio(1.0))
+    async with FakeDeepgram([], api_key="other") as fake, worker(redis_url, fake.url):
+        seen = await wait_messages(live, {sid}, "call_ended")
+    await live.aclose()
+    types = [m["type"] for m in seen]
+    assert types[:2] == ["error", "end"]
+    assert seen[0]["code"] == "asr_failed"
+    assert await redis.xlen(keys.JOBS) == 0
+    assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
+
+
+async def test_worker_survives_redis_restart(redis_server, redis_url: str, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """Redis restarts empty: the worker backs off, re-creates its group and serves a new call."""
+    script, duration_s = dentist(audio_dir)
+    sid = sid_of(50)
+    async with FakeDeepgram(script) as fake, worker(redis_url, fake.url):
+        redis_server.restart()  # drops every connection and all data
+        r = connect(redis_url)
+        try:
+            events = r.pubsub()
+            await events.subscribe(keys.CALL_EVENTS)
+            await add_call(r, sid)
+            await add_audio(r, sid, call_audio(duration_s))
+            await wait_messages(events, {sid}, "call_ended")
+            await events.aclose()
+            assert len(await history(r, sid)) == len(script)
+        finally:
+            await r.aclose()
+
+
+async def test_single_process_memory_mode_transcribes_a_call(audio_dir: Path) -> None:
+    """With REDIS_URL=memory:// (fakeredis, the demo mode) the worker serves a call end to end."""
+    script, duration_s = dentist(audio_dir)
+    url = "memory://transcriber-test"
+    r = connect(url)
+    await r.flushall()
+    sid = sid_of(60)
+    events = r.pubsub()
+    await events.subscribe(keys.CALL_EVENTS)
+    await add_call(r, sid)
+    await add_audio(r, sid, call_audio(duration_s))
+    async with FakeDeepgram(script) as fake, worker(url, fake.url):
+        await wait_messages(events, {sid}, "call_ended")
+    await events.aclose()
+    assert [(e.channel, e.text) for e in await history(r, sid)] == expected(script)
+    await r.aclose()
