@@ -159,7 +159,8 @@ def _build(call: SimCall) -> tuple[list[tuple[float, str]], dict[str, int]]:
             },
             "streamSid": call.stream_sid,
         }
-        msgs.append((ts / 1000.0, json.dumps(media)))
+        # a packet leaves once its 20 ms of audio exist, as from a live call
+        msgs.append(((ts + PACKET_MS) / 1000.0, json.dumps(media)))
     seq += 1
     stop = {
         "event": "stop",
@@ -197,7 +198,8 @@ async def stream_call(
     Returns:
         ``{"sent_packets", "dropped_packets", "messages", "duration_s", "close_code",
         "t0_monotonic"}``; ``t0_monotonic`` is the ``time.monotonic()`` at which stream time 0
-        was due (a packet with timestamp T ms was sent at ``t0 + T / 1000 / speed``);
+        was due: a packet with timestamp T ms is sent once its audio is complete, at
+        ``t0 + (T + 20) / 1000 / speed``;
         ``close_code`` is the server's close code if it closed the socket before we finished,
         else ``None``.
 
