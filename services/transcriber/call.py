@@ -18,10 +18,10 @@ import time
 import redis.asyncio as aioredis
 
 from services.transcriber.engine import AsrEngine, AsrSession, CallAudio
-from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared import keys
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
+from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.schema import AudioFrame, CallEnded, CallMeta, EndEvent, ErrorEvent, TranscriptEvent
 from shared.settings import TranscriberSettings
 

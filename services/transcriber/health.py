@@ -7,9 +7,9 @@ import json
 import logging
 import time
 
-from shared.retry import REDIS_FAILURES
 from shared import keys
 from shared.redisconn import connect, is_memory
+from shared.retry import REDIS_FAILURES
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)

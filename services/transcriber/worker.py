@@ -27,8 +27,8 @@ from redis.exceptions import ResponseError
 
 from services.transcriber.call import CallPipeline
 from services.transcriber.engine import AsrEngine
-from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared import keys
+from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""callscribe: the `callscribe` command (services, demo, simulator, terminal watcher)."""

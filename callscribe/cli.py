@@ -1,0 +1,246 @@
+"""The ``callscribe`` command: ``callscribe {ingest,transcriber,gateway,simulate,watch,demo}``.
+
+The three service subcommands hand their arguments to ``services.<name>.__main__.main(argv)``
+unchanged (so ``callscribe ingest --port 5000`` is ``python -m services.ingest --port 5000``).
+The others are this package's tools. Exit status: 0 success, 1 failure, 2 bad arguments,
+130 interrupted (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from shared.logs import setup_logging
+
+SERVICES = {
+    "ingest": "Twilio Media Streams WebSocket → mixed frames in Redis (port 5000)",
+    "transcriber": "worker: claims calls, transcribes, publishes (--check: health)",
+    "gateway": "clients: /v1/ws, /client, REST, web page (port 8080)",
+}
+EXIT_INTERRUPTED = 130
+
+
+def run_interruptible(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    """Run ``main(stop)`` on a new event loop and return its exit status.
+
+    The first SIGINT/SIGTERM sets ``stop`` (``main`` winds down and returns); a second one, or
+    one that arrives while ``main`` is already winding down, cancels ``main``. Either way the status is 130 and no traceback is printed.
+    """
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        hits = 0
+
+        def on_signal() -> None:
+            nonlocal hits
+            hits += 1
+            if (hits > 1 or stop.is_set()) and task is not None:
+                task.cancel()  # asked again, or already winding down: stop waiting
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            status = await main(stop)
+        except asyncio.CancelledError:
+            return EXIT_INTERRUPTED
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        return EXIT_INTERRUPTED if hits else status
+
+    try:
+        return asyncio.run(runner())
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+async def until_stopped(work: Awaitable[int], stop: asyncio.Event) -> int:
+    """Await ``work``; if ``stop`` is set first, cancel it and return 130."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not stop.is_set():
+                    raise
+    return task.result() if not task.cancelled() else EXIT_INTERRUPTED
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from callscribe.simulate import (
+        SimulateError,
+        SimulateOptions,
+        load_tracks,
+        parse_params,
+        signature_url,
+        simulate,
+    )
+
+    try:
+        tracks = load_tracks(args.audio)
+        options = SimulateOptions(
+            ingest_url=args.ingest,
+            calls=args.calls,
+            speed=args.speed,
+            loss=args.loss,
+            outbound_delay_ms=args.outbound_delay_ms,
+            seed=args.seed,
+            auth_token=args.auth_token or None,
+            signature_url=signature_url(args.public_url) if args.public_url else None,
+            params=parse_params(args.param),
+            open_timeout_s=args.open_timeout_s,
+        )
+    except SimulateError as exc:
+        print(f"callscribe simulate: {exc}", file=sys.stderr)
+        return 2
+
+    async def main(stop: asyncio.Event) -> int:
+        try:
+            return await until_stopped(simulate(tracks, options), stop)
+        except SimulateError as exc:
+            print(f"callscribe simulate: {exc}", file=sys.stderr)
+            return 2
+
+    return run_interruptible(main)
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from callscribe.render import CallRenderer
+    from callscribe.watch import WatchOptions, watch
+
+    options = WatchOptions(
+        url=args.gateway,
+        call_sid=args.call_sid,
+        since=args.since,
+        open_timeout_s=args.open_timeout_s,
+        reconnects=args.reconnects,
+    )
+    renderer = CallRenderer(sys.stdout)
+
+    async def main(stop: asyncio.Event) -> int:
+        return await until_stopped(watch(options, renderer), stop)
+
+    return run_interruptible(main)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    # settings are read from the environment by each service: set them before any import
+    os.environ.setdefault("REDIS_URL", "memory://")
+    os.environ["ASR_ENGINE"] = "whisper"
+    from callscribe.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        speed=args.speed,
+        serve=args.serve,
+        ingest_port=args.ingest_port,
+        gateway_port=args.gateway_port,
+        audio=args.audio,
+    )
+    return run_interruptible(lambda stop: run_demo(options, stop))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``callscribe`` argument parser (the service subcommands are listed, not parsed)."""
+    parser = argparse.ArgumentParser(
+        prog="callscribe",
+        description="Live transcripts of Twilio phone calls, for many watchers at once.",
+    )
+    parser.add_argument("--log-level", default="WARNING", help="log level on stderr (WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in SERVICES.items():
+        sub.add_parser(name, help=text, add_help=False)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="stream WAV files into ingest as Twilio calls",
+        description="Play WAV files into ingest as Twilio Media Streams calls. A stereo file is "
+        "caller/callee; two mono files likewise; one mono file is a one-track call.",
+    )
+    sim.add_argument("audio", nargs="+", metavar="AUDIO", help="WAV file(s), any rate/width")
+    sim.add_argument("--ingest", default="ws://127.0.0.1:5000/twilio", help="ingest's /twilio URL")
+    sim.add_argument("--speed", type=float, default=1.0, help="pace: 1 = real time, 4 = 4x faster")
+    sim.add_argument("--calls", type=int, default=1, help="concurrent calls (distinct SIDs)")
+    sim.add_argument("--loss", type=float, default=0.0, help="fraction of packets to drop")
+    sim.add_argument(
+        "--outbound-delay-ms", type=int, default=0, help="start the callee's track this late (ms)"
+    )
+    sim.add_argument("--seed", type=int, default=None, help="seed of the loss pattern")
+    sim.add_argument(
+        "--auth-token",
+        default=os.environ.get("TWILIO_AUTH_TOKEN"),
+        help="sign the handshake (X-Twilio-Signature); default $TWILIO_AUTH_TOKEN",
+    )
+    sim.add_argument("--public-url", default=None, help="ingest's public base URL (signature URL)")
+    sim.add_argument(
+        "--param", action="append", default=[], metavar="K=V", help="custom parameter (From, To…)"
+    )
+    sim.add_argument("--open-timeout-s", type=float, default=10.0, help="handshake timeout (s)")
+    sim.set_defaults(func=_cmd_simulate)
+
+    watch = sub.add_parser(
+        "watch",
+        help="follow a call's transcript in the terminal",
+        description="Follow a call's live transcript through the gateway's /v1/ws. Without "
+        "CALL_SID: the only live call, else the next one to start. Exits 0 when the call ends.",
+    )
+    watch.add_argument("call_sid", nargs="?", metavar="CALL_SID", help="the call to follow")
+    watch.add_argument(
+        "--gateway", default="ws://127.0.0.1:8080", help="gateway base or /v1/ws URL"
+    )
+    watch.add_argument("--since", default=None, help="replay history after this ID (0 = all)")
+    watch.add_argument("--open-timeout-s", type=float, default=10.0, help="handshake timeout (s)")
+    watch.add_argument(
+        "--reconnects", type=int, default=5, help="lost connections to survive before giving up"
+    )
+    watch.set_defaults(func=_cmd_watch)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run everything in one process and transcribe a bundled recording",
+        description="Run ingest, transcriber and gateway in this process (REDIS_URL=memory:// "
+        "unless set; embedded Whisper), stream a bundled two-party recording through them as a "
+        "Twilio call and show its live transcript.",
+    )
+    demo.add_argument("--speed", type=float, default=1.0, help="pace: 1 = real time")
+    demo.add_argument("--serve", action="store_true", help="keep serving after the demo call")
+    demo.add_argument("--ingest-port", type=int, default=None, help="ingest port (5000 if free)")
+    demo.add_argument("--gateway-port", type=int, default=None, help="gateway port (8080 if free)")
+    demo.add_argument("--audio", default=None, help="a WAV to stream instead of the bundled one")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``callscribe`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SERVICES:
+        module = importlib.import_module(f"services.{argv[0]}.__main__")
+        return int(module.main(argv[1:]))
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

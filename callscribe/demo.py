@@ -1,0 +1,325 @@
+"""``callscribe demo``: the whole system in one process, transcribing a bundled recording.
+
+Ingest, transcriber and gateway run as their ``run()`` coroutines under one TaskGroup with one
+``stop`` event, on ``REDIS_URL`` (``memory://``, an in-process fakeredis, unless the
+environment sets a real one) with the embedded Whisper engine. The bundled two-party call
+(``callscribe/data/call_dentist.wav``, see ``data/README.md``) is streamed through ingest's real
+``/twilio`` WebSocket as a two-track Twilio call at real-time pace (``speed`` to change), and
+watched through the gateway's real ``/v1/ws`` exactly like ``callscribe watch``. The demo
+returns 0 once the call has ended and its last final is shown (``serve`` keeps the services up
+for more calls until ``stop``), 130 when ``stop`` was set from outside (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from callscribe.render import CallRenderer
+from callscribe.simulate import load_tracks, new_sid
+from callscribe.watch import Watcher, WatchOptions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INGEST_PORT = 5000
+DEFAULT_GATEWAY_PORT = 8080
+SHUTDOWN_GRACE_S = 15.0
+"""How long the services may take to stop once ``stop`` is set before they are cancelled."""
+STARTUP_TIMEOUT_S = 60.0
+"""How long the services may take to listen (the Whisper model loads first)."""
+
+
+@dataclass
+class DemoOptions:
+    """``speed``: pace multiplier (1.0 = real time). ``serve``: keep serving after the call.
+    ``ingest_port``/``gateway_port``: None = 5000/8080 when free, else a free port; 0 = any.
+    ``audio``: a WAV path to stream instead of the bundled recording."""
+
+    speed: float = 1.0
+    serve: bool = False
+    ingest_port: int | None = None
+    gateway_port: int | None = None
+    audio: str | None = None
+
+
+def bundled_recording() -> Path:
+    """Path of the recording shipped in the package (``callscribe/data/call_dentist.wav``).
+
+    Found beside this module rather than with ``importlib.resources``, which refuses a package
+    that an editable install registered as a namespace.
+    """
+    return Path(__file__).resolve().parent / "data" / "call_dentist.wav"
+
+
+def port_or_free(preferred: int | None, default: int, host: str = "127.0.0.1") -> int:
+    """``preferred`` when given; else ``default`` if it can be bound on ``host`` now, else 0."""
+    if preferred is not None:
+        return preferred
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, default))
+        except OSError:
+            return 0
+    return default
+
+
+async def _preload_engine(settings: Any) -> Any:
+    """Build the embedded Whisper engine and load its models now, before the call starts.
+
+    The engine is handed to the transcriber's ``run(engine=…)``; the demo closes it at the end.
+
+    Raises:
+        AsrError: the model cannot be loaded (the ``whisper`` extra is not installed).
+    """
+    from services.transcriber.whisper import WhisperEngine
+
+    engine = WhisperEngine(settings)
+    await engine.models()
+    return engine
+
+
+class Demo:
+    """One demo run; :meth:`run` returns the exit status (0, 1 on failure, 130 when stopped)."""
+
+    def __init__(self, options: DemoOptions, stop: asyncio.Event, out: TextIO) -> None:
+        self.options = options
+        self.stop = stop
+        self.out = out
+        self.status = 0
+
+    def say(self, text: str) -> None:
+        """One line of the demo's own narration on ``out``."""
+        print(text, file=self.out, flush=True)
+
+    async def run(self) -> int:
+        """Start the services, stream and watch the call, stop (unless ``serve``)."""
+        from shared.settings import GatewaySettings, IngestSettings, TranscriberSettings
+
+        audio = Path(self.options.audio) if self.options.audio else bundled_recording()
+        tracks = load_tracks([audio])
+        ingest = IngestSettings(
+            host="127.0.0.1", port=port_or_free(self.options.ingest_port, DEFAULT_INGEST_PORT)
+        )
+        gateway = GatewaySettings(
+            host="127.0.0.1", port=port_or_free(self.options.gateway_port, DEFAULT_GATEWAY_PORT)
+        )
+        transcriber = TranscriberSettings(asr_engine="whisper")
+        self.say(f"callscribe demo: Redis {_redacted(ingest.redis_url)}, embedded Whisper engine")
+        t0 = time.monotonic()
+        engine = await _preload_engine(transcriber)
+        self.say(f"speech model loaded in {time.monotonic() - t0:.1f} s")
+        loop = asyncio.get_running_loop()
+        ingest_bound: asyncio.Future[int] = loop.create_future()
+        gateway_bound: asyncio.Future[int] = loop.create_future()
+        services = asyncio.create_task(
+            self._services(
+                (ingest, transcriber, gateway), engine, tracks, audio, ingest_bound, gateway_bound
+            ),
+            name="demo-services",
+        )
+        try:
+            await _first(services, self.stop.wait())
+            if not services.done():
+                try:
+                    async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                        await asyncio.shield(services)
+                except TimeoutError:
+                    log.warning(
+                        "shutdown: services did not stop in time",
+                        extra={"grace_s": SHUTDOWN_GRACE_S},
+                    )
+                    await _cancel(services)
+            if not services.cancelled():
+                services.result()
+        finally:
+            await _cancel(services)
+            await engine.aclose()
+        return self.status
+
+    async def _services(
+        self,
+        settings: tuple[Any, Any, Any],
+        engine: Any,
+        tracks: list[bytes],
+        audio: Path,
+        ingest_bound: asyncio.Future[int],
+        gateway_bound: asyncio.Future[int],
+    ) -> None:
+        """The three services and the demo driver under one TaskGroup, one ``stop``."""
+        from services.gateway import app as gateway_app
+        from services.ingest import app as ingest_app
+        from services.transcriber import app as transcriber_app
+
+        ingest, transcriber, gateway = settings
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                ingest_app.run(ingest, stop=self.stop, bound=ingest_bound), name="ingest"
+            )
+            tg.create_task(
+                transcriber_app.run(transcriber, stop=self.stop, engine=engine), name="transcriber"
+            )
+            tg.create_task(
+                gateway_app.run(gateway, stop=self.stop, bound=gateway_bound), name="gateway"
+            )
+            tg.create_task(self._drive(tracks, audio, ingest_bound, gateway_bound), name="demo")
+
+    async def _drive(
+        self,
+        tracks: list[bytes],
+        audio: Path,
+        ingest_bound: asyncio.Future[int],
+        gateway_bound: asyncio.Future[int],
+    ) -> None:
+        """Wait for the ports, stream and watch the call; then stop unless ``serve``."""
+        try:
+            self.status = await self._demo_call(tracks, audio, ingest_bound, gateway_bound)
+            if self.options.serve and not self.stop.is_set():
+                self.say("services keep running (--serve); Ctrl-C stops them")
+                await self.stop.wait()
+        finally:
+            if self.stop.is_set() and self.status == 0:
+                self.status = 130
+            self.stop.set()
+
+    async def _demo_call(
+        self,
+        tracks: list[bytes],
+        audio: Path,
+        ingest_bound: asyncio.Future[int],
+        gateway_bound: asyncio.Future[int],
+    ) -> int:
+        from callscribe.twilio_client import SimCall, stream_call
+
+        stopped = asyncio.create_task(self.stop.wait())
+        ports = asyncio.gather(ingest_bound, gateway_bound)
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                await _first(ports, stopped)
+            if stopped.done() or ports.exception() is not None:
+                return 130 if stopped.done() else 1
+            ingest_port, gateway_port = ingest_bound.result(), gateway_bound.result()
+            ingest_url = f"ws://127.0.0.1:{ingest_port}/twilio"
+            gateway_url = f"ws://127.0.0.1:{gateway_port}"
+            self.say(f"ingest  : {ingest_url}  (Twilio Media Streams)")
+            self.say(f"gateway : http://127.0.0.1:{gateway_port}/  (web page)")
+            self.say(f"watch from another terminal: callscribe watch --gateway {gateway_url}")
+            call = SimCall(
+                tracks=tracks,
+                call_sid=new_sid("CA"),
+                stream_sid=new_sid("MZ"),
+                account_sid=new_sid("AC"),
+                custom_parameters={"demo": "1"},
+            )
+            renderer = CallRenderer(self.out)
+            watcher = Watcher(
+                WatchOptions(url=gateway_url, call_sid=call.call_sid, wait_for_start=True),
+                renderer,
+            )
+            watching = asyncio.create_task(watcher.run(), name="demo-watch")
+            try:
+                async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                    await _first(watcher.ready.wait(), watching, stopped)
+                if stopped.done() or watching.done():
+                    return 130 if stopped.done() else 1
+                seconds = len(tracks[0]) / 8000
+                self.say(
+                    f"streaming {audio.name} ({seconds:.1f} s, {len(tracks)} tracks) "
+                    f"as call {call.call_sid} at {self.options.speed:g}x"
+                )
+                t_stream = time.monotonic()
+                streaming = asyncio.create_task(
+                    stream_call(ingest_url, call, speed=self.options.speed), name="demo-stream"
+                )
+                timing = asyncio.create_task(self._time_first(watcher, renderer, t_stream))
+                try:
+                    await _first(watching, streaming, stopped)
+                    if streaming.done() and not watching.done() and not stopped.done():
+                        if streaming.exception() is not None:
+                            self.say(f"streaming failed: {streaming.exception()}")
+                            return 1
+                        await _first(watching, stopped)  # the call is streamed: wait for its end
+                    if stopped.done():
+                        return 130
+                    return watching.result()
+                finally:
+                    await _cancel(timing)
+                    await _cancel(streaming)
+            finally:
+                await _cancel(watching)
+        except TimeoutError:
+            self.say("the services did not start in time")
+            return 1
+        finally:
+            stopped.cancel()
+            ports.cancel()
+
+    async def _time_first(self, watcher: Watcher, renderer: CallRenderer, t0: float) -> None:
+        await watcher.first_transcript.wait()
+        renderer.note(f"first transcript {time.monotonic() - t0:.1f} s after the call started")
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of ``aws`` (tasks or coroutines) completes; cancel the coroutines."""
+    tasks = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in aws]
+    owned = [t for t, a in zip(tasks, aws, strict=True) if t is not a]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in owned:
+            await _cancel(t)
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait for it; its own errors are logged, not raised."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            await task
+        except Exception as exc:
+            log.warning("demo task failed", extra={"task": task, "error": type(exc).__name__})
+
+
+def _redacted(url: str) -> str:
+    """``redis://:secret@h:6379/0`` → ``redis://***@h:6379/0``: never print a password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+async def run_demo(options: DemoOptions, stop: asyncio.Event, out: TextIO = sys.stdout) -> int:
+    """Run the demo until its call ends (or ``stop``); returns the exit status.
+
+    A service that fails to start (a port taken, Redis unreachable) ends the demo with 1 and a
+    one-line explanation on stderr rather than a traceback.
+    """
+    from shared.errors import AsrError
+
+    try:
+        return await Demo(options, stop, out).run()
+    except AsrError as exc:
+        print(f"callscribe demo: the speech model cannot start: {exc}", file=sys.stderr)
+        return 1
+    except ExceptionGroup as group:
+        first = _leaf(group)
+        if not isinstance(first, OSError | TimeoutError | ConnectionError):
+            raise
+        print(f"callscribe demo: {first.__class__.__name__}: {first}", file=sys.stderr)
+        return 1
+
+
+def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first non-group exception inside ``group``."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

@@ -1,0 +1,141 @@
+"""``callscribe watch`` against a real gateway ``run()`` and redis-server, events published by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.gateway import app as gateway_app
+from shared import keys
+from shared.schema import CallEnded, CallMeta, CallStarted, EndEvent, TranscriptEvent
+from shared.settings import GatewaySettings
+
+CALLSCRIBE = str(Path(sys.executable).with_name("callscribe"))
+WAIT_S = 20.0
+SID = "CA" + "5" * 32
+
+
+@pytest.fixture
+async def gateway_port(redis_url: str) -> AsyncIterator[int]:
+    """A real gateway on 127.0.0.1 port 0, stopped after the test."""
+    settings = GatewaySettings(host="127.0.0.1", port=0, redis_url=redis_url)
+    stop = asyncio.Event()
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(gateway_app.run(settings, stop=stop, bound=bound))
+    try:
+        yield await asyncio.wait_for(bound, WAIT_S)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+def _final(segment: int, channel: int, start: float, text: str) -> TranscriptEvent:
+    return TranscriptEvent(
+        call_sid=SID,
+        segment=segment,
+        channel=channel,
+        speaker="caller" if channel == 0 else "callee",
+        is_final=True,
+        speech_final=True,
+        start=start,
+        end=start + 1.5,
+        text=text,
+        confidence=0.9,
+    )
+
+
+async def _publish_final(redis, event: TranscriptEvent) -> None:
+    """What the transcriber does: history entry first, then the live event carrying its ID."""
+    entry_id = await redis.xadd(keys.transcript(SID), event.to_history())
+    event.id = entry_id.decode()
+    await redis.publish(keys.live(SID), event.to_json())
+
+
+async def _readline(stream: asyncio.StreamReader) -> str:
+    line = await asyncio.wait_for(stream.readline(), WAIT_S)
+    assert line, "watch exited early"
+    return line.decode()
+
+
+async def _start_call(redis, meta: CallMeta) -> None:
+    await redis.hset(keys.meta(SID), mapping=meta.to_redis())
+    await redis.sadd(keys.ACTIVE_CALLS, SID)
+    await redis.publish(keys.CALL_EVENTS, CallStarted(call=meta).to_json())
+
+
+async def _end_call(redis, meta: CallMeta) -> None:
+    meta.status, meta.ended_at = "ended", meta.started_at + 5
+    await redis.hset(keys.meta(SID), mapping=meta.to_redis())
+    await redis.srem(keys.ACTIVE_CALLS, SID)
+    await redis.publish(keys.live(SID), EndEvent(call_sid=SID).to_json())
+    await redis.publish(keys.CALL_EVENTS, CallEnded(call=meta).to_json())
+
+
+async def test_watch_follows_next_call_and_exits_on_end(gateway_port: int, redis) -> None:
+    """With no CALL_SID, watch waits for the next call, prints finals on the right speaker, exits 0."""
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", "--gateway", f"ws://127.0.0.1:{gateway_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        assert "waiting for the next one" in await _readline(proc.stdout)
+        meta = CallMeta(call_sid=SID, stream_sid="MZ1", account_sid="AC1")
+        await _start_call(redis, meta)
+        assert f"watching call {SID}" in await _readline(proc.stdout)
+        interim = _final(0, 0, 1.0, "hel").model_copy(update={"is_final": False})
+        await redis.publish(keys.live(SID), interim.to_json())
+        await _publish_final(redis, _final(0, 0, 1.0, "Hello, I'd like an appointment."))
+        await _publish_final(redis, _final(1, 1, 65.0, "Good morning, Bright Smile Dental."))
+        await _end_call(redis, meta)
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = out.decode().splitlines()
+    assert proc.returncode == 0, err.decode()
+    assert lines[:2] == [
+        "[00:01] caller: Hello, I'd like an appointment.",
+        "[01:05] callee: Good morning, Bright Smile Dental.",
+    ]
+    assert "hel\n" not in out.decode()  # interims are not printed when stdout is not a TTY
+    assert lines[-1].startswith(f"call {SID} ended") and lines[-1].endswith("2 finals")
+
+
+async def test_watch_replays_an_ended_call_with_since_0(gateway_port: int, redis) -> None:
+    """``watch CALL_SID --since 0`` on a finished call prints its whole history and exits 0."""
+    meta = CallMeta(call_sid=SID, status="ended", ended_at=1.0, started_at=0.5)
+    await redis.hset(keys.meta(SID), mapping=meta.to_redis())
+    for i, text in enumerate(["One.", "Two.", "Three."]):
+        event = _final(i, i % 2, float(i), text)
+        await redis.xadd(keys.transcript(SID), event.to_history())
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", SID, "--since", "0", "--gateway", f"ws://127.0.0.1:{gateway_port}/v1/ws",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().splitlines()[1:4] == [
+        "[00:00] caller: One.",
+        "[00:01] callee: Two.",
+        "[00:02] caller: Three.",
+    ]
+
+
+async def test_watch_unreachable_gateway_fails_clearly() -> None:
+    """No gateway listening: watch exits 1 with a message, no traceback."""
+    from tests.redis_server import free_port
+
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", "--gateway", f"ws://127.0.0.1:{free_port()}", "--reconnects", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 1
+    assert "cannot reach the gateway" in out.decode()
+    assert b"Traceback" not in err
