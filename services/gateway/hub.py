@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -44,11 +43,12 @@ from services.gateway.subscribers import (
 from shared import keys
 from shared.errors import ClientMessageError, RedisUnavailable
 from shared.redisconn import connect, stream_id_tuple
+from shared.retry import REDIS_FAILURES, Backoff
 from shared.schema import ErrorEvent
 
 log = logging.getLogger(__name__)
 
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_REDIS_ERRORS = REDIS_FAILURES
 
 
 class _Channel:
@@ -227,7 +227,7 @@ class Hub:
     # ------------------------------------------------------------------ the listener
 
     async def _listen_forever(self) -> None:
-        delay = self._reconnect_min_s
+        backoff = Backoff(self._reconnect_min_s, self._reconnect_max_s)
         first = True
         while True:
             ps = self._ps_client.pubsub()
@@ -245,7 +245,8 @@ class Hub:
                 if not first:
                     self.reconnects += 1
                     log.info("redis pubsub reconnected", extra={"channels": len(names)})
-                first, delay = False, self._reconnect_min_s
+                first = False
+                backoff.reset()
                 for ch in self._channels.values():
                     for sub in ch.subs:
                         self._ensure_resync(sub, ch)
@@ -253,7 +254,7 @@ class Hub:
             except _REDIS_ERRORS as exc:
                 log.warning(
                     "redis pubsub lost",
-                    extra={"error": exc.__class__.__name__, "retry_in_s": round(delay, 3)},
+                    extra={"error": exc.__class__.__name__, "failures": backoff.failures + 1},
                 )
             finally:
                 was_connected = self._pubsub is ps
@@ -264,8 +265,7 @@ class Hub:
                 with contextlib.suppress(*_REDIS_ERRORS):
                     async with asyncio.timeout(self.redis_timeout_s):
                         await ps.aclose()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self._reconnect_max_s)
+            await backoff.wait()
 
     async def _read(self, ps: Any) -> None:
         """Read messages until the connection fails; raises a Redis/OS/Timeout error then."""
@@ -354,7 +354,7 @@ class Hub:
 
     async def _resync(self, sub: Subscriber, ch: _Channel) -> None:
         """Bring one subscriber from syncing to live, retrying through Redis outages."""
-        delay = self._reconnect_min_s
+        backoff = Backoff(self._reconnect_min_s, self._reconnect_max_s)
         sid = ch.call_sid
         try:
             while not sub.closed and sub.pending is not None and sub.outbox.closing is None:
@@ -364,8 +364,7 @@ class Hub:
                         await self._sync(sub, ch)
                 except RedisUnavailable as exc:
                     log.warning("replay failed", extra={"call_sid": sid, "error": str(exc)})
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, self._reconnect_max_s)
+                    await backoff.wait()
         except Exception:
             log.exception("subscriber sync crashed", extra={"call_sid": sid})
             sub.outbox.close(CLOSE_INTERNAL, "internal error", drain=False)

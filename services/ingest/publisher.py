@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from collections import deque
 from typing import Any
@@ -33,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
+from shared.retry import REDIS_FAILURES, Backoff
 from shared.schema import AudioFrame, CallMeta, CallStarted
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class Publisher:
     async def run(self) -> None:
         """Write the buffer until :meth:`close` was called and it is empty; never raises on
         Redis failures (it retries), only on cancellation."""
-        delay_s = self._backoff_initial_s
+        backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
         failing_since: float | None = None
         retries = 0
         while True:
@@ -173,7 +173,7 @@ class Publisher:
                 continue
             try:
                 written = await self._write_batch()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 self.redis_ok = False
                 retries += 1
                 if failing_since is None:
@@ -182,8 +182,7 @@ class Publisher:
                         "redis write failed, buffering",
                         extra={"error": exc.__class__.__name__, "pending": len(self._buf)},
                     )
-                await asyncio.sleep(delay_s * random.uniform(0.5, 1.0))
-                delay_s = min(delay_s * 2, self._backoff_max_s)
+                await backoff.wait()
                 continue
             if failing_since is not None:
                 log.warning(
@@ -197,7 +196,7 @@ class Publisher:
                 )
                 failing_since, retries = None, 0
             self.redis_ok = True
-            delay_s = self._backoff_initial_s
+            backoff.reset()
             for _ in range(written):
                 kind, _sid, _obj = self._buf.popleft()
                 if kind == _FRAME:
