@@ -35,3 +35,20 @@ def test_configuration_table_matches_the_settings_models() -> None:
     """Every environment variable of every settings model is documented with its default."""
     readme = (ROOT / "README.md").read_text()
     assert _between(readme, "settings").strip() == markdown_table().strip()
+
+
+def test_quickstart_demo_is_the_command_the_demo_test_runs() -> None:
+    """The README's first command installs the whisper extra and runs `callscribe demo`,
+    the console script tests/test_demo.py runs end to end."""
+    readme = (ROOT / "README.md").read_text()
+    block = _between(readme, "demo-command")
+    command = [line for line in block.splitlines() if line and not line.startswith("```")]
+    assert len(command) == 1
+    install, _, run = command[0].rpartition(" && ")
+    assert run == ".venv/bin/callscribe demo"
+    assert "pip install" in install and ".[whisper]" in install
+    test_command = _between(readme, "test-command")
+    assert install.replace(".[whisper]", ".[whisper,test]") in test_command
+    assert (
+        'Path(sys.executable).with_name("callscribe")' in (ROOT / "tests/test_demo.py").read_text()
+    )
