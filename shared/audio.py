@@ -42,7 +42,8 @@ ULAW_TO_PCM16: np.ndarray = _build_decode_table()
 def ulaw_to_pcm16(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     """Decode mu-law bytes to int16 samples; shape ``(len(data),)``."""
     codes = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
-    return ULAW_TO_PCM16[codes]
+    decoded: np.ndarray = ULAW_TO_PCM16[codes]
+    return decoded
 
 
 def ulaw_to_float32(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
@@ -59,7 +60,7 @@ def pcm16_to_ulaw(samples: np.ndarray) -> bytes:
     exponent = np.clip(exponent, 0, 7)
     mantissa = (mag >> (exponent + 3)) & 0x0F
     code = ~(sign | (exponent << 4) | mantissa) & 0xFF
-    return code.astype(np.uint8).tobytes()
+    return bytes(code.astype(np.uint8).tobytes())
 
 
 def interleave(channels: list[bytes | bytearray | memoryview]) -> bytes:
@@ -113,7 +114,7 @@ class WavAudio:
     @property
     def duration_s(self) -> float:
         """Length in seconds."""
-        return self.samples.shape[0] / self.rate
+        return float(self.samples.shape[0]) / self.rate
 
 
 class WavError(ValueError):

@@ -32,7 +32,7 @@ def _memory_redis_class() -> Any:
 
         import fakeredis
 
-        class MemoryRedis(fakeredis.FakeAsyncRedis):  # type: ignore[misc]
+        class MemoryRedis(fakeredis.FakeAsyncRedis):
             async def xreadgroup(self, *args: Any, block: int | None = None, **kw: Any) -> Any:
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + (block or 0) / 1000

@@ -30,7 +30,7 @@ class Backoff:
 
     async def wait(self) -> float:
         """Sleep the next delay (seconds, returned) and count the failure."""
-        delay = min(self.cap_s, self.base_s * 2**self.failures) * random.uniform(0.5, 1.0)
+        delay: float = min(self.cap_s, self.base_s * 2.0**self.failures) * random.uniform(0.5, 1.0)
         self.failures += 1
         await asyncio.sleep(delay)
         return delay

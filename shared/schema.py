@@ -218,8 +218,14 @@ class TranscriptEvent(_Event):
 
     @classmethod
     def from_history(cls, entry_id: str | bytes, fields: dict[Any, Any]) -> TranscriptEvent:
-        """Rebuild a final from one history entry (the inverse of :meth:`to_history`)."""
+        """Rebuild a final from one history entry (the inverse of :meth:`to_history`).
+
+        Raises:
+            ValueError: no ``e`` field, or not a transcript event (pydantic's ValidationError).
+        """
         raw = fields.get(b"e", fields.get("e"))
+        if raw is None:
+            raise ValueError("history entry without field e")
         event = cls.model_validate_json(raw)
         event.id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         return event
