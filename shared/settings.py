@@ -101,6 +101,11 @@ class TranscriberSettings(CommonSettings):
     lease_renew_s: float = Field(
         default=5.0, gt=0, description="How often a worker re-claims its own jobs (and heartbeats)"
     )
+    audio_idle_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A call whose audio stream gets nothing new this long, and no eof, is ended (its ingest is gone)",
+    )
     final_timeout_s: float = Field(
         default=10.0, gt=0, description="How long to wait for the last results after eof"
     )

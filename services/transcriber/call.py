@@ -92,9 +92,36 @@ class CallPipeline:
         self.queue.put_nowait((self.last_id, frame))
 
     async def _next(self) -> tuple[str, AudioFrame]:
-        item = await self.queue.get()
-        self.wake.set()
-        return item
+        """The next audio entry; a made-up eof once the stream has been still for ``audio_idle_s``.
+
+        Twilio sends packets through silence too, so an audio stream that gets nothing new for
+        that long, with no eof, belongs to an ingest that died: the call is ended rather than
+        left live for ever.
+        """
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.audio_idle_s):
+                    item = await self.queue.get()
+            except TimeoutError:
+                if not await self._audio_stalled():
+                    continue
+                end_ms = int(self._frames[-1][1]) if self._frames else 0
+                log.warning(
+                    "audio stopped without eof",
+                    extra={"call_sid": self.sid, "idle_s": self.settings.audio_idle_s},
+                )
+                self.eof_read = True
+                return self.last_id, AudioFrame(t_ms=end_ms, eof=True)
+            self.wake.set()
+            return item
+
+    async def _audio_stalled(self) -> bool:
+        """True when nothing newer than what we read is in the audio stream (Redis answering)."""
+        try:
+            last = await cmd(self.redis.xrevrange(keys.audio(self.sid), count=1))
+        except REDIS_FAILURES:
+            return False  # cannot tell: keep waiting
+        return not last or _s(last[0][0]) == self.last_id
 
     # ------------------------------------------------------------------ the call
 

@@ -273,3 +273,23 @@ async def test_single_process_memory_mode_transcribes_a_call(audio_dir: Path) ->
     await events.aclose()
     assert [(e.channel, e.text) for e in await history(r, sid)] == expected(script)
     await r.aclose()
+
+
+async def test_call_whose_audio_stops_without_eof_is_ended(
+    redis_url: str, redis: aioredis.Redis, audio_dir: Path
+) -> None:
+    """When ingest dies mid-call (no eof), the call ends after audio_idle_s with what was heard."""
+    script, duration_s = dentist(audio_dir)
+    sid = sid_of(40)
+    live = redis.pubsub()
+    await live.subscribe(keys.live(sid), keys.CALL_EVENTS)
+    await add_call(redis, sid)
+    await add_audio(redis, sid, call_audio(duration_s), to_s=12.0, eof=False)
+    async with FakeDeepgram(script) as fake, worker(redis_url, fake.url, audio_idle_s=0.5):
+        seen = await wait_messages(live, {sid}, "call_ended")
+    await live.aclose()
+    assert any(m["type"] == "end" for m in seen)
+    finals = await history(redis, sid)
+    assert [(e.channel, e.text) for e in finals][:2] == expected(script)[:2]
+    assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
+    assert (await redis.hget(keys.meta(sid), "status")) == b"ended"
