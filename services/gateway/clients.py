@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 
 from starlette.websockets import WebSocket
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 10
 """Bad ``/v1/ws`` messages in a row before the connection is closed with 1008."""
+
+_CALL_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a /client callSid may look like before it is looked up (Twilio's are ``CA`` + 32 hex)."""
 
 MAX_SUBSCRIPTIONS = 100
 """Calls one ``/v1/ws`` connection may follow at once."""
@@ -84,6 +88,10 @@ async def tutorial_endpoint(ws: WebSocket, gw: Gateway) -> None:
         if text is None:
             return
         call_sid = text.strip()
+        if not _CALL_SID.fullmatch(call_sid):
+            log.info("client sent no callSid", extra={"length": len(call_sid)})
+            outbox.close(CLOSE_POLICY, "unknown callSid", drain=True)
+            return
         try:
             sub.append(await gw.hub.attach_call(call_sid, outbox, since="0", deepgram=True))
         except ClientMessageError:

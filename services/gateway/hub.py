@@ -241,6 +241,7 @@ class Hub:
                         await ps.subscribe(*names)
                     await ps.ping()
                 self._pubsub, self._broken = ps, False
+                self._reconcile(names)
                 self.connected.set()
                 if not first:
                     self.reconnects += 1
@@ -260,12 +261,22 @@ class Hub:
                 was_connected = self._pubsub is ps
                 self._pubsub = None
                 self.connected.clear()
-                if was_connected:
-                    self._on_outage()
+                task = asyncio.current_task()
+                if was_connected and not (task is not None and task.cancelling()):
+                    self._on_outage()  # not on shutdown: no new resync tasks in a closing group
                 with contextlib.suppress(*_REDIS_ERRORS):
                     async with asyncio.timeout(self.redis_timeout_s):
                         await ps.aclose()
             await backoff.wait()
+
+    def _reconcile(self, subscribed: list[str]) -> None:
+        """Queue the commands dropped while connecting: the registry may have changed after the
+        ``subscribed`` snapshot was sent (a client attached or detached meanwhile)."""
+        sent = set(subscribed)
+        for name in self._channels.keys() - sent:
+            self._commands.put_nowait(("subscribe", name))
+        for name in sent - self._channels.keys():
+            self._commands.put_nowait(("unsubscribe", name))
 
     async def _read(self, ps: Any) -> None:
         """Read messages until the connection fails; raises a Redis/OS/Timeout error then."""
@@ -310,7 +321,11 @@ class Hub:
 
     def _dispatch(self, ch: _Channel, data: bytes) -> None:
         if ch.call_sid is None:
-            text = data.decode() if isinstance(data, bytes) else data
+            try:
+                text = data.decode() if isinstance(data, bytes) else data
+            except UnicodeDecodeError:
+                log.warning("bad call event dropped", extra={"error": "UnicodeDecodeError"})
+                return
             for sub in ch.subs:
                 sub.on_message(text)
             return

@@ -53,7 +53,7 @@ class LiveMessage:
         """Parse one pub/sub payload.
 
         Raises:
-            ValueError: not JSON, no known ``type``, or a final without a valid ``id``.
+            ValueError: not UTF-8, not JSON, no known ``type``, or a final without a valid ``id``.
         """
         text = data.decode() if isinstance(data, bytes) else data
         obj = json.loads(text)
@@ -61,9 +61,12 @@ class LiveMessage:
             raise ValueError("live message is not an object")
         kind = obj.get("type")
         if kind == "transcript":
-            final_id = stream_id_tuple(obj["id"]) if obj.get("is_final") and obj.get("id") else None
-            if obj.get("is_final") and final_id is None:
-                raise ValueError("final without id")
+            final_id = None
+            if obj.get("is_final"):
+                raw_id = obj.get("id")
+                if not isinstance(raw_id, str) or not raw_id:
+                    raise ValueError("final without a string id")
+                final_id = stream_id_tuple(raw_id)
             return cls("transcript", text, final_id, channels)
         if kind in ("end", "error"):
             return cls(kind, text, None, channels)

@@ -31,7 +31,8 @@ class Mixer:
     A frame ``[a, a + frame_ms)`` is emitted once the call clock (the largest packet end seen
     over all tracks) reaches ``a + frame_ms + reorder_ms``: a packet that arrives before then
     lands at its time even out of order; one that arrives later is counted in ``late_packets``
-    and dropped (placing it anywhere else would make the channels drift). Bytes no packet
+    and its bytes in frames already emitted are dropped (placing them anywhere else would make
+    the channels drift); the rest of it, when it straddles a frame start, lands. Bytes no packet
     covered are silence (0xFF): lost packets, a track that starts late, the tail of the shorter
     track. A duplicate packet overwrites the same bytes, so it lands once.
 
@@ -85,9 +86,10 @@ class Mixer:
         self._clock_b = 0  # largest packet end seen over all tracks, bytes per channel
         self._closed = False
         self.packets = 0
-        """Packets placed (including duplicates)."""
+        """Packets placed, wholly or in part (including duplicates)."""
         self.late_packets = 0
-        """Packets that arrived after their frame was emitted, dropped."""
+        """Packets that arrived after (the frame of) their first bytes was emitted: those bytes
+        were dropped, the rest of the packet placed (often there is no rest)."""
         self.duplicate_packets = 0
         """Packets that overlapped bytes an earlier packet of the same track had written."""
         self.frames = 0
@@ -128,11 +130,15 @@ class Mixer:
                 f"timestamp {timestamp_ms} ms jumps more than {self.max_gap_ms} ms "
                 f"past the call clock ({self.end_ms} ms)",
             )
-        if start_b < self._emitted_b:
-            self.late_packets += 1
-            return []
-        self.packets += 1
         data = np.frombuffer(payload, dtype=np.uint8)
+        if start_b < self._emitted_b:  # its first bytes' frame is out: place only the rest
+            self.late_packets += 1
+            late_b = self._emitted_b - start_b
+            if late_b >= len(data):
+                return []
+            data = data[late_b:]
+            start_b = self._emitted_b
+        self.packets += 1
         out: list[AudioFrame] = []
         end_b = start_b + len(data)
         pos = start_b

@@ -11,7 +11,10 @@ backoff and jitter; one FIFO keeps every call's entries in order.
 What one call writes (DESIGN.md, "Redis keys"):
 
 * start: ``HSET cs:{sid}:meta`` (:meth:`CallMeta.to_redis`), ``SADD cs:calls:active``,
-  ``XADD cs:jobs call_sid``, ``PUBLISH cs:calls:events`` (:class:`CallStarted` JSON);
+  ``XADD cs:jobs call_sid``, ``PUBLISH cs:calls:events`` (:class:`CallStarted` JSON), in one
+  MULTI of its own. Every attempt first reads the meta hash: when it already holds this start's
+  ``stream_sid`` and ``started_at``, an earlier attempt was applied and only its reply was lost,
+  so nothing is written again (a second job would give the call a second owner);
 * each frame: ``XADD cs:{sid}:audio MAXLEN ~ audio_maxlen`` with the explicit ID ``<t_ms>-1``,
   so a batch retried after a lost reply cannot write a frame twice (Redis refuses an ID that is
   not above the stream's last; that refusal counts as written);
@@ -206,19 +209,27 @@ class Publisher:
     async def _write_batch(self) -> int:
         """Write the oldest entries in one pipeline; return how many were written.
 
+        A call's start is written alone (:meth:`_write_start`); a batch of frames and eofs
+        stops before the next start.
+
         Raises:
             RedisError, OSError, TimeoutError: the write failed; nothing is removed.
         """
-        batch = list(itertools.islice(self._buf, self._batch_max))
+        kind, sid, obj = self._buf[0]
+        if kind == _START:
+            async with asyncio.timeout(self._write_timeout_s):
+                results = await self._write_start(obj)
+            self._log_refused(results)
+            return 1
+        batch = list(
+            itertools.takewhile(
+                lambda e: e[0] != _START, itertools.islice(self._buf, self._batch_max)
+            )
+        )
         pipe = self._redis.pipeline(transaction=False)
         for kind, sid, obj in batch:
             if kind == _FRAME:
                 self._xadd_audio(pipe, sid, obj)
-            elif kind == _START:
-                pipe.hset(keys.meta(sid), mapping=obj.to_redis())
-                pipe.sadd(keys.ACTIVE_CALLS, sid)
-                pipe.xadd(keys.JOBS, {"call_sid": sid})
-                pipe.publish(keys.CALL_EVENTS, CallStarted(call=obj).to_json())
             else:
                 self._xadd_audio(pipe, sid, AudioFrame(t_ms=obj, eof=True))
                 pipe.expire(keys.audio(sid), self._retention_s)
@@ -227,6 +238,31 @@ class Publisher:
                 results = await pipe.execute(raise_on_error=False)
         finally:
             await pipe.reset()
+        self._log_refused(results)
+        return len(batch)
+
+    async def _write_start(self, meta: CallMeta) -> list[Any]:
+        """Write a call's start in one MULTI unless an earlier attempt already did.
+
+        Returns the replies (``[]`` when it was already written).
+        """
+        key = keys.meta(meta.call_sid)
+        fields = meta.to_redis()
+        written = await self._redis.hmget(key, ["stream_sid", "started_at"])
+        if [v.decode() if isinstance(v, bytes) else v for v in written] == [
+            fields["stream_sid"],
+            fields["started_at"],
+        ]:
+            return []  # applied before; only its reply was lost
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.sadd(keys.ACTIVE_CALLS, meta.call_sid)
+            pipe.xadd(keys.JOBS, {"call_sid": meta.call_sid})
+            pipe.publish(keys.CALL_EVENTS, CallStarted(call=meta).to_json())
+            return list(await pipe.execute(raise_on_error=False))
+
+    def _log_refused(self, results: list[Any]) -> None:
+        """Log the replies Redis refused for good (not the refusal of a frame written before)."""
         refused = [
             r for r in results if isinstance(r, ResponseError) and "equal or smaller" not in str(r)
         ]
@@ -235,7 +271,6 @@ class Publisher:
                 "redis refused writes",
                 extra={"count": len(refused), "error": str(refused[0])[:200]},
             )
-        return len(batch)
 
     def _xadd_audio(self, pipe: Any, call_sid: str, frame: AudioFrame) -> None:
         pipe.xadd(

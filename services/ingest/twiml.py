@@ -140,9 +140,11 @@ async def voice_webhook(request: Request, settings: IngestSettings, auth: Twilio
     """``GET``/``POST /twiml``: the TwiML that streams the call to us (403 if badly signed)."""
     form: dict[str, str] = {}
     if request.method == "POST":
-        body = await request.body()
-        if len(body) > MAX_WEBHOOK_BODY_BYTES:
-            return PlainTextResponse("request body too large\n", status_code=413)
+        body = bytearray()
+        async for chunk in request.stream():  # read at most the limit, never the whole body
+            body += chunk
+            if len(body) > MAX_WEBHOOK_BODY_BYTES:
+                return PlainTextResponse("request body too large\n", status_code=413)
         # Twilio posts application/x-www-form-urlencoded; last value wins for repeated names
         form = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
     if not auth.check_http(request, form):

@@ -30,11 +30,35 @@ log = logging.getLogger(__name__)
 QUEUE_FRAMES = 50
 """Frames buffered per call between the audio reader and the ASR session (5 s of 100 ms frames)."""
 
+MAX_DELIVERIES = 5
+"""A job delivered more often than this (its call crashed every worker that took it) is ended."""
+
 _EPS_S = 0.002
 
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _after(event: TranscriptEvent, done_s: float) -> TranscriptEvent | None:
+    """``event`` without the words already finalised up to ``done_s`` (None if none is left).
+
+    A result that straddles the channel's last final (a resumed or reconnected session starts
+    where *every* channel is finalised, so the channel that was ahead hears some words again)
+    keeps only the words whose middle lies after ``done_s``.
+    """
+    words = [w for w in event.words if (w.start + w.end) / 2 > done_s]
+    if not words:
+        return None
+    if len(words) == len(event.words):
+        return event
+    return event.model_copy(
+        update={
+            "words": words,
+            "text": " ".join(w.word.strip() for w in words),
+            "start": round(max(event.start, done_s), 3),
+        }
+    )
 
 
 class CallPipeline:
@@ -51,8 +75,10 @@ class CallPipeline:
         engine: AsrEngine,
         settings: TranscriberSettings,
         wake: asyncio.Event,
+        deliveries: int = 1,
     ) -> None:
         self.sid = sid
+        self.deliveries = deliveries
         self.job_id = job_id
         self.redis = redis
         self.engine = engine
@@ -127,8 +153,19 @@ class CallPipeline:
 
     async def run(self) -> None:
         """Serve the call to its end (or until cancelled: then the job stays pending for another worker)."""
-        if not await self._prepare():
+        verdict = await self._prepare()
+        if verdict == "drop":
+            await self._drop_job()
+            return
+        if verdict == "end":
             await self._end(None)
+            return
+        if self.deliveries > MAX_DELIVERIES:
+            log.error(
+                "call failed repeatedly; ended",
+                extra={"call_sid": self.sid, "deliveries": self.deliveries},
+            )
+            await self._end(AsrError("call failed on every worker", retryable=False))
             return
         error: AsrError | None = None
         try:
@@ -156,12 +193,27 @@ class CallPipeline:
             self._frames.append((entry_id, frame.t_ms + len(frame.pcmu) / per_ms))
             entry_id, frame = await self._next()
 
-    async def _prepare(self) -> bool:
-        """Read meta and checkpoint; False when the call has no metadata or already ended."""
+    async def _prepare(self) -> str:
+        """Read meta and checkpoint and mark the call ours: ``serve``, ``end`` or ``drop``.
+
+        ``end``: the call has no metadata (its job is retired as a call that ended). ``drop``: the
+        call already ended, or another pending job (a duplicate ingest wrote) serves it, so this
+        job is only acked and deleted: no second transcription, no second ``end``.
+        """
         backoff = Backoff()
         while True:
             try:
                 fields = await cmd(self.redis.hgetall(keys.meta(self.sid)))
+                try:
+                    meta = CallMeta.from_redis(fields)
+                except ValueError:
+                    break
+                if meta.status == "ended" or not await self._mark_owner():
+                    log.info(
+                        "job dropped: call ended or served by another job",
+                        extra={"call_sid": self.sid, "job": self.job_id},
+                    )
+                    return "drop"
                 break
             except REDIS_FAILURES as exc:
                 log.warning(
@@ -173,10 +225,7 @@ class CallPipeline:
             self.meta = CallMeta.from_redis(fields)
         except ValueError:
             log.warning("job for a call without metadata", extra={"call_sid": self.sid})
-            return False
-        if self.meta.status == "ended":
-            log.info("job for an ended call", extra={"call_sid": self.sid})
-            return False
+            return "end"
         f = {_s(k): _s(v) for k, v in fields.items()}
         self.channels = 2 if self.meta.channels >= 2 else 1
         try:
@@ -193,7 +242,42 @@ class CallPipeline:
             log.info("call resumed", extra={"call_sid": self.sid, "resume_audio_id": self.last_id})
         self.ready = True
         self.wake.set()
+        return "serve"
+
+    async def _mark_owner(self) -> bool:
+        """Record our job as the call's (meta ``job_id``); False when another pending job has it.
+
+        Ingest may write a second job for a call when a reply is lost; without this, two
+        workers would both transcribe the call and every final would be stored twice.
+        """
+        key = keys.meta(self.sid)
+        if await cmd(self.redis.hsetnx(key, "job_id", self.job_id)):
+            return True
+        holder = _s(await cmd(self.redis.hget(key, "job_id")) or b"")
+        if holder == self.job_id:
+            return True
+        if holder and await cmd(self.redis.xrange(keys.JOBS, holder, holder, count=1)):
+            return False  # that job is pending: its worker (or the next one) serves the call
+        await cmd(self.redis.hset(key, "job_id", self.job_id))
         return True
+
+    async def _drop_job(self) -> None:
+        """Ack and delete our job without touching the call."""
+        backoff = Backoff()
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
+                    pipe.xdel(keys.JOBS, self.job_id)
+                    await pipe.execute()
+                break
+            except REDIS_FAILURES as exc:
+                log.warning(
+                    "redis unavailable",
+                    extra={"call_sid": self.sid, "error": exc.__class__.__name__},
+                )
+                await backoff.wait()
+        self.ended = True
 
     # ------------------------------------------------------------------ results
 
@@ -201,6 +285,11 @@ class CallPipeline:
         ch = event.channel
         if ch >= self.channels or event.end <= self.final_end_s[ch] + _EPS_S:
             return  # finalised before (by us or by the worker we took over from)
+        if event.start < self.final_end_s[ch] - _EPS_S and event.words:
+            trimmed = _after(event, self.final_end_s[ch])
+            if trimmed is None:
+                return
+            event = trimmed
         if not event.is_final:
             try:
                 await cmd(self.redis.publish(keys.live(self.sid), event.to_json()))

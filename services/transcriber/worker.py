@@ -5,8 +5,8 @@ Three loops under one TaskGroup, plus one task per owned call:
 * *claim*: XAUTOCLAIM jobs idle longer than ``claim_idle_ms`` (a dead worker's calls), then
   XREADGROUP ``>`` for as many new jobs as there is free capacity (``max_calls``), BLOCK
   ``read_block_ms`` (https://redis.io/docs/latest/commands/xautoclaim/, /xreadgroup/).
-* *lease*: every ``lease_renew_s``, XCLAIM (min idle 0, JUSTID) the jobs still pending under our
-  name, so live calls never look idle; a job that another worker took is abandoned here. It also
+* *lease*: every ``lease_renew_s``, XCLAIM (min idle half a period, JUSTID) the jobs still
+  pending under our name, so live calls never look idle; a job that another worker took is abandoned here. It also
   refreshes the health key ``cs:worker:<consumer>`` (``{"calls", "ts"}``, TTL 3 leases).
 * *audio*: one XREAD BLOCK over every owned call's audio stream from its last ID; a call whose
   queue is full is left out of the round until it drains, so backpressure stays in Redis.
@@ -110,6 +110,7 @@ class Worker:
         backoff = Backoff()
         group_ready = False
         block_ms = self.settings.read_block_ms
+        cursor = "0-0"  # XAUTOCLAIM scans at most 10 x COUNT entries a call: walk the whole PEL
         while True:
             try:
                 if not group_ready:
@@ -121,16 +122,17 @@ class Worker:
                         async with asyncio.timeout(block_ms / 1000):
                             await self._capacity.wait()
                     continue
-                _, claimed, *_ = await cmd(
+                cursor_next, claimed, *_ = await cmd(
                     self.redis.xautoclaim(
                         keys.JOBS,
                         keys.JOBS_GROUP,
                         self.consumer,
                         min_idle_time=self.settings.claim_idle_ms,
-                        start_id="0-0",
+                        start_id=cursor,
                         count=self._free(),
                     )
                 )
+                cursor = _s(cursor_next)
                 for job_id, fields in claimed:
                     await self._take(job_id, fields, reclaimed=True)
                 if self._free() > 0:
@@ -152,6 +154,7 @@ class Worker:
                     "NOGROUP" in str(exc) or "no such key" in str(exc)
                 ):
                     group_ready = False
+                    cursor = "0-0"
                 delay = await backoff.wait()
                 log.warning(
                     "redis unavailable",
@@ -178,7 +181,15 @@ class Worker:
                 await pipe.execute()
             return
         assert self._tg is not None
-        call = CallPipeline(sid, jid, self.redis, self.engine, self.settings, self._wake_reader)
+        deliveries = 1
+        if reclaimed:
+            info = await cmd(
+                self.redis.xpending_range(keys.JOBS, keys.JOBS_GROUP, min=jid, max=jid, count=1)
+            )
+            deliveries = int(info[0]["times_delivered"]) if info else 1
+        call = CallPipeline(
+            sid, jid, self.redis, self.engine, self.settings, self._wake_reader, deliveries
+        )
         serve = self._serve(call)
         try:
             task = self._tg.create_task(serve, name=f"call-{sid}")
@@ -255,7 +266,9 @@ class Worker:
                     keys.JOBS,
                     keys.JOBS_GROUP,
                     self.consumer,
-                    min_idle_time=0,
+                    # not 0: a job another worker claimed since our XPENDING has idle ~0, and
+                    # re-claiming it would make both serve the call; ours idle ~lease_renew_s
+                    min_idle_time=int(self.settings.lease_renew_s * 500),
                     message_ids=keep,
                     justid=True,
                 )

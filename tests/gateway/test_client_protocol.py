@@ -53,6 +53,22 @@ async def test_unknown_call_sid_closes_1008(gateway, redis: aioredis.Redis) -> N
         assert "callSid" in (ws.close_reason or "")
 
 
+@pytest.mark.parametrize("nonsense", ["CA" + "0" * 5000, "CA1; DROP", "{\"type\": \"list\"}"])
+async def test_nonsense_call_sid_closes_1008_without_a_lookup(
+    gateway, redis: aioredis.Redis, nonsense: str
+) -> None:
+    """text that cannot be a callSid (too long, odd characters, JSON) closes with 1008."""
+    await redis.config_resetstat()
+    async with gateway() as port, connect(f"ws://127.0.0.1:{port}/client", max_size=None) as ws:
+        assert await recv_json(ws) == []
+        await ws.send(nonsense)
+        with pytest.raises(ConnectionClosed):
+            await recv_json(ws)
+        assert ws.close_code == 1008
+    stats = await redis.info("commandstats")
+    assert "cmdstat_sismember" not in stats and "cmdstat_hmget" not in stats, stats
+
+
 async def test_shutdown_closes_clients_1012(gateway, redis: aioredis.Redis) -> None:
     """stopping the gateway closes connected clients with 1012 (service restart)."""
     await FakeTranscriber(redis, "CAbye").start()

@@ -85,6 +85,16 @@ def test_too_late_packet_is_counted_and_dropped() -> None:
     assert m.packets == 2
 
 
+def test_late_packet_straddling_a_frame_start_keeps_its_timely_part() -> None:
+    """A late packet's bytes in an emitted frame are dropped; its bytes after it land in time."""
+    m = Mixer(2, frame_ms=20, reorder_ms=20, max_gap_ms=1000)
+    frames = m.add("inbound", 0, pkt(1)) + m.add("inbound", 20, pkt(1))  # clock 40: [0, 20) out
+    frames += m.add("outbound", 15, pkt(2))  # [15, 35): 5 ms too late, 15 ms in time
+    frames += m.add("inbound", 40, pkt(1)) + m.flush()
+    assert joined(frames) == stereo(pkt(1, 60), pkt(S, 20) + pkt(2, 15) + pkt(S, 25))
+    assert (m.late_packets, m.packets) == (1, 4)
+
+
 def test_duplicate_packet_lands_once() -> None:
     """The same packet twice overwrites itself: no extra audio, counted as duplicate."""
     m = Mixer(1, frame_ms=20, reorder_ms=20, max_gap_ms=1000)
@@ -154,7 +164,7 @@ def test_long_jump_within_max_gap_emits_silence_frames() -> None:
 def test_any_packet_sequence_gives_contiguous_exact_output(
     channels: int, frame_ms: int, reorder_ms: int, packets: list[tuple[int, int, int, int]]
 ) -> None:
-    """Any packets: frames contiguous from 0, 8*end*channels bytes, placed bytes at their time."""
+    """Any packets: frames contiguous from 0, 8*end*channels bytes, every byte not late at its time."""
     m = Mixer(channels, frame_ms=frame_ms, reorder_ms=reorder_ms, max_gap_ms=10_000)
     names = ("inbound", "outbound")
     expected = [bytearray() for _ in range(channels)]
@@ -162,15 +172,16 @@ def test_any_packet_sequence_gives_contiguous_exact_output(
     max_end_b = 0
     for track, ts, length, value in packets:
         ch = track % channels
-        before = m.late_packets
+        emitted_b = len(joined(frames)) // channels
         frames += m.add(names[ch], ts, bytes([value]) * length)
-        start = ts * 8
-        if m.late_packets == before:  # placed: record where its bytes must appear
-            max_end_b = max(max_end_b, start + length)
+        start, end = ts * 8, ts * 8 + length
+        if end > emitted_b:  # its bytes not in a frame already emitted must appear at their time
+            max_end_b = max(max_end_b, end)
             buf = expected[ch]
-            if len(buf) < start + length:
-                buf.extend(b"\xff" * (start + length - len(buf)))
-            buf[start : start + length] = bytes([value]) * length
+            if len(buf) < end:
+                buf.extend(b"\xff" * (end - len(buf)))
+            lo = max(start, emitted_b)
+            buf[lo:end] = bytes([value]) * (end - lo)
     frames += m.flush()
     end_ms = -(-max_end_b // 8)
     t = 0

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.ingest.publisher import Publisher
 from shared import keys
@@ -56,3 +57,53 @@ async def test_rewriting_a_batch_adds_no_duplicate_frames(redis: aioredis.Redis)
         await drain(pub)
     entries = await redis.xrange(keys.audio("CA2"))
     assert [AudioFrame.from_redis(f).t_ms for _, f in entries] == [0, 100, 200]
+
+
+async def test_lost_replies_add_no_second_job_and_no_duplicate_frame(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When Redis applies a start and a frame batch but the replies are lost, retries add nothing."""
+    real_pipeline = redis.pipeline
+    lost: list[bool] = []
+
+    def pipeline(*args: object, **kwargs: object) -> object:
+        pipe = real_pipeline(*args, **kwargs)  # type: ignore[arg-type]
+        execute = pipe.execute
+
+        async def execute_then_lose_reply(*a: object, **kw: object) -> object:
+            result = await execute(*a, **kw)  # type: ignore[arg-type]
+            if len(lost) < 2:  # the start's and the first frame batch's replies
+                lost.append(True)
+                raise RedisConnectionError("reply lost")
+            return result
+
+        pipe.execute = execute_then_lose_reply  # type: ignore[method-assign]
+        return pipe
+
+    monkeypatch.setattr(redis, "pipeline", pipeline)
+    pub = Publisher(
+        redis, buffer_frames=10, audio_maxlen=100, retention_s=60, backoff_initial_s=0.001
+    )
+    meta = CallMeta(call_sid="CA3", stream_sid="MZ3", tracks=["inbound"], channels=1)
+    pub.submit_start(meta)
+    for t in (0, 100):
+        pub.submit_frame("CA3", frame(t))
+    pub.submit_eof("CA3", 200)
+    await drain(pub)
+    assert len(lost) == 2
+    assert [f[b"call_sid"] for _, f in await redis.xrange(keys.JOBS)] == [b"CA3"]
+    assert await redis.smembers(keys.ACTIVE_CALLS) == {b"CA3"}
+    entries = await redis.xrange(keys.audio("CA3"))
+    got = [AudioFrame.from_redis(fields) for _, fields in entries]
+    assert got == [frame(0), frame(100), AudioFrame(t_ms=200, eof=True)]
+    assert pub.written_frames == 2 and pub.pending == 0
+
+
+async def test_a_new_stream_of_the_same_call_is_started_again(redis: aioredis.Redis) -> None:
+    """Only the very same start is skipped: another stream of the call writes its meta and job."""
+    pub = Publisher(redis, buffer_frames=10, audio_maxlen=100, retention_s=60)
+    pub.submit_start(CallMeta(call_sid="CA4", stream_sid="MZa", tracks=["inbound"], channels=1))
+    pub.submit_start(CallMeta(call_sid="CA4", stream_sid="MZb", tracks=["inbound"], channels=1))
+    await drain(pub)
+    assert await redis.xlen(keys.JOBS) == 2
+    assert await redis.hget(keys.meta("CA4"), "stream_sid") == b"MZb"

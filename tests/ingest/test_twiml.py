@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from starlette.requests import Request
 from websockets.exceptions import InvalidStatus
 
 from callscribe.twilio_client import SimCall, sign, stream_call
+from services.ingest.twiml import MAX_WEBHOOK_BODY_BYTES, TwilioAuth, voice_webhook
 from shared import keys
+from shared.settings import IngestSettings
 
 from .conftest import WAIT_S, read_audio
 
@@ -124,3 +128,30 @@ async def test_websocket_handshake_signature_without_public_url(
         await stream_call(url, call, speed=0, auth_token=TOKEN)
         frames = await read_audio(redis, call.call_sid)
     assert frames[-1].eof and b"".join(f.pcmu for f in frames) == b"\x02" * 800
+
+
+async def test_oversized_webhook_body_is_refused_before_it_is_all_read() -> None:
+    """A POST body past MAX_WEBHOOK_BODY_BYTES gets 413 after reading about that much, not all."""
+    chunks = 0
+
+    async def receive() -> dict[str, object]:  # an endless body, 4 KiB at a time
+        nonlocal chunks
+        chunks += 1
+        await asyncio.sleep(0)  # let the test's timeout fire if the body is read to its end
+        return {"type": "http.request", "body": b"a" * 4096, "more_body": True}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/twiml",
+        "headers": [],
+        "query_string": b"",
+        "scheme": "http",
+        "server": ("127.0.0.1", 5000),
+        "root_path": "",
+    }
+    settings = IngestSettings(redis_url="memory://")
+    async with asyncio.timeout(2.0):
+        reply = await voice_webhook(Request(scope, receive), settings, TwilioAuth(settings))
+    assert reply.status_code == 413
+    assert chunks * 4096 <= MAX_WEBHOOK_BODY_BYTES + 4096

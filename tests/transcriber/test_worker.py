@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from services.transcriber.app import run
+from services.transcriber.call import MAX_DELIVERIES, CallPipeline
 from services.transcriber.deepgram import DeepgramEngine
+from services.transcriber.worker import Worker
 from shared import keys
 from shared.redisconn import connect
 from shared.schema import AudioFrame, CallMeta, TranscriptEvent
@@ -293,3 +295,144 @@ async def test_call_whose_audio_stops_without_eof_is_ended(
     assert [(e.channel, e.text) for e in finals][:2] == expected(script)[:2]
     assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
     assert (await redis.hget(keys.meta(sid), "status")) == b"ended"
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = WAIT_S) -> None:
+    """Re-evaluate the async predicate ``check`` every 20 ms until it holds."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_duplicate_job_on_another_worker_is_dropped(
+    redis_url: str, redis: aioredis.Redis, audio_dir: Path
+) -> None:
+    """A second job for a call (ingest retried its start) taken by another worker is acked, not served."""
+    script, duration_s = dentist(audio_dir)
+    audio = call_audio(duration_s)
+    sid = sid_of(70)
+    events = redis.pubsub()
+    await events.subscribe(keys.CALL_EVENTS, keys.live(sid))
+    await add_call(redis, sid)
+    await add_audio(redis, sid, audio, to_s=8.0, eof=False)
+    async with FakeDeepgram(script) as fake, worker(redis_url, fake.url, consumer="a", max_calls=1):
+        await wait_messages(events, {sid}, "transcript")
+        await redis.xadd(keys.JOBS, {"call_sid": sid})  # the duplicate
+        async with worker(redis_url, fake.url, consumer="b", max_calls=1):
+            await until(lambda: _one_job(redis))  # b dropped the duplicate
+            await add_audio(redis, sid, audio, from_s=8.0)
+            seen = await wait_messages(events, {sid}, "call_ended")
+    await events.aclose()
+    assert [(e.channel, e.text) for e in await history(redis, sid)] == expected(script)
+    assert len(fake.connections) == 1
+    assert [m["type"] for m in seen].count("end") == 1
+    assert await redis.xlen(keys.JOBS) == 0
+
+
+async def _one_job(redis: aioredis.Redis) -> bool:
+    """True when ``cs:jobs`` holds exactly one entry."""
+    return bool(await redis.xlen(keys.JOBS) == 1)
+
+
+async def test_stale_job_behind_many_live_ones_is_taken_over(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """XAUTOCLAIM scans 10 x COUNT entries a call: a stale job after 12 live ones is still reached."""
+    await redis.xgroup_create(keys.JOBS, keys.JOBS_GROUP, id="0", mkstream=True)
+    ids = [await redis.xadd(keys.JOBS, {"call_sid": sid_of(100 + n)}) for n in range(13)]
+    await redis.xreadgroup(keys.JOBS_GROUP, "live", {keys.JOBS: ">"}, count=13)
+    await asyncio.sleep(0.35)  # all idle past claim_idle_ms ...
+
+    async def renew() -> None:  # ... then a live worker keeps renewing the first twelve
+        while True:
+            await redis.xclaim(keys.JOBS, keys.JOBS_GROUP, "live", 0, ids[:12], justid=True)
+            await asyncio.sleep(0.05)
+
+    renewer = asyncio.create_task(renew())
+    try:
+        await asyncio.sleep(0.06)
+        async with worker(redis_url, "ws://127.0.0.1:9/v1/listen", max_calls=1, claim_idle_ms=300):
+            # the stale job names a call without metadata: the worker retires it at once
+            await until(lambda: _job_gone(redis, ids[12]))
+    finally:
+        renewer.cancel()
+    assert len(await redis.xrange(keys.JOBS)) == 12
+
+
+async def _job_gone(redis: aioredis.Redis, job_id: bytes) -> bool:
+    """True when ``job_id`` is no longer in ``cs:jobs``."""
+    return not await redis.xrange(keys.JOBS, job_id, job_id)
+
+
+class CrashingEngine:
+    """An engine whose sessions crash with a bug (not an AsrError) at open."""
+
+    name = "crashing"
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    async def open(self, call: object, on_result: object) -> None:
+        """Count the attempt and crash."""
+        self.opened += 1
+        raise RuntimeError("bug")
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+async def test_call_that_crashes_every_worker_is_ended_with_an_error(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A call whose serving crashes each time is retried MAX_DELIVERIES times, then ended with an error."""
+    sid = sid_of(80)
+    live = redis.pubsub()
+    await live.subscribe(keys.live(sid), keys.CALL_EVENTS)
+    await add_call(redis, sid)
+    await add_audio(redis, sid, call_audio(1.0))
+    engine = CrashingEngine()
+    s = settings(redis_url=redis_url, claim_idle_ms=100)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(s, stop=stop, engine=engine))  # type: ignore[arg-type]
+    try:
+        seen = await wait_messages(live, {sid}, "call_ended")
+    finally:
+        stop.set()
+        async with asyncio.timeout(5):
+            await task
+    await live.aclose()
+    assert engine.opened == MAX_DELIVERIES
+    assert [m["type"] for m in seen][:2] == ["error", "end"]
+    assert await redis.xlen(keys.JOBS) == 0
+    assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
+
+
+async def test_lease_renewal_does_not_steal_back_a_job_claimed_meanwhile(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A job another worker claimed between our XPENDING and our XCLAIM stays with that worker."""
+    s = settings(redis_url=redis_url, consumer="a", lease_renew_s=0.5)
+    await redis.xgroup_create(keys.JOBS, keys.JOBS_GROUP, id="0", mkstream=True)
+    job = (await redis.xadd(keys.JOBS, {"call_sid": sid_of(90)})).decode()
+    await redis.xreadgroup(keys.JOBS_GROUP, "a", {keys.JOBS: ">"})
+    w = Worker(s, redis, DeepgramEngine(s))
+    w.calls[sid_of(90)] = CallPipeline(sid_of(90), job, redis, w.engine, s, asyncio.Event())
+    pending_of_a = await redis.xpending_range(
+        keys.JOBS, keys.JOBS_GROUP, "-", "+", 10, consumername="a"
+    )
+    await asyncio.sleep(0.3)  # our renewal is late ...
+    await redis.xclaim(keys.JOBS, keys.JOBS_GROUP, "b", 0, [job], justid=True)  # ... b took it
+
+    async def stale_xpending(*args: object, **kwargs: object) -> object:
+        return pending_of_a  # what XPENDING said just before b's claim
+
+    w.redis = connect(redis_url)
+    try:
+        w.redis.xpending_range = stale_xpending  # type: ignore[method-assign]
+        await w._renew()
+    finally:
+        await w.redis.aclose()
+    [entry] = await redis.xpending_range(keys.JOBS, keys.JOBS_GROUP, "-", "+", 10)
+    assert entry["consumer"] == b"b"

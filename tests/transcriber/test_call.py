@@ -1,0 +1,58 @@
+"""CallPipeline's result filter: no audio span of a channel is finalised twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from services.transcriber.call import CallPipeline
+from shared import keys
+from shared.schema import TranscriptEvent, Word
+from tests.transcriber.dgutil import settings
+
+SID = "CA00000000000000000000000000000077"
+
+
+def pipeline(redis: aioredis.Redis, final_end_s: list[float]) -> CallPipeline:
+    """A stereo call pipeline whose channels are finalised up to ``final_end_s``."""
+    call = CallPipeline(SID, "1-0", redis, None, settings(), asyncio.Event())  # type: ignore[arg-type]
+    call.final_end_s = list(final_end_s)
+    return call
+
+
+def event(start: float, end: float, words: list[tuple[str, float, float]]) -> TranscriptEvent:
+    """A channel-0 final with ``words`` as ``(word, start, end)``."""
+    return TranscriptEvent(
+        call_sid=SID,
+        segment=3,
+        channel=0,
+        speaker="caller",
+        is_final=True,
+        start=start,
+        end=end,
+        text=" ".join(w for w, _, _ in words),
+        words=[Word(word=w, start=s, end=e) for w, s, e in words],
+    )
+
+
+async def test_final_straddling_the_last_final_keeps_only_new_words(
+    redis: aioredis.Redis,
+) -> None:
+    """A resumed session re-hears finalised words of the channel ahead: only new words are stored."""
+    call = pipeline(redis, [20.1, 12.0])
+    words = [("old", 13.0, 14.0), ("older", 19.5, 20.0), ("new", 20.5, 21.0), ("words.", 21, 21.8)]
+    await call._on_result(event(12.0, 22.0, words))
+    [(_, fields)] = await redis.xrange(keys.transcript(SID))
+    stored = TranscriptEvent.from_history("1-0", fields)
+    assert stored.text == "new words."
+    assert [w.word for w in stored.words] == ["new", "words."]
+    assert stored.start == 20.1 and stored.end == 22.0
+    assert call.final_end_s[0] == 22.0
+
+
+async def test_final_with_only_finalised_words_is_dropped(redis: aioredis.Redis) -> None:
+    """A straddling final whose words were all finalised before stores nothing."""
+    call = pipeline(redis, [20.1, 12.0])
+    await call._on_result(event(12.0, 20.4, [("old", 13.0, 14.0), ("older", 19.5, 20.0)]))
+    assert await redis.xlen(keys.transcript(SID)) == 0
