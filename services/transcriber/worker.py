@@ -64,11 +64,17 @@ class Worker:
         self.served = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Claim and serve calls until ``stop``; unfinished calls stay pending for another worker."""
+        """Claim and serve calls until ``stop``, then hand the unfinished ones over.
+
+        A graceful stop marks our unfinished jobs as idle for ``claim_idle_ms`` already
+        (XCLAIM … IDLE), so another worker's next XAUTOCLAIM takes them at once and resumes from
+        their checkpoints; a worker that dies without this is taken over after ``claim_idle_ms``.
+        """
         log.info(
             "worker started",
             extra={"consumer": self.consumer, "max_calls": self.settings.max_calls},
         )
+        serving: list[CallPipeline] = []
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -78,10 +84,13 @@ class Worker:
                     tg.create_task(self._audio_loop(), name="audio"),
                 ]
                 await stop.wait()
+                serving = list(self.calls.values())
                 for task in [*loops, *self._tasks.values()]:
                     task.cancel()
         finally:
-            handed_over = len(self._tasks)
+            unfinished = [c.job_id for c in serving if not c.ended]
+            handed_over = len(unfinished)
+            await self._hand_over(unfinished)
             with contextlib.suppress(*REDIS_FAILURES):
                 async with asyncio.timeout(1.0):
                     await cmd(self.redis.delete(keys.worker(self.consumer)))
@@ -93,6 +102,31 @@ class Worker:
                     "handed_over": handed_over,
                 },
             )
+
+    async def _hand_over(self, job_ids: list[str]) -> None:
+        """Make our unfinished jobs claimable by another worker now (best effort, 1 s)."""
+        if not job_ids:
+            return
+        try:
+            async with asyncio.timeout(1.0):
+                await cmd(
+                    self.redis.xclaim(
+                        keys.JOBS,
+                        keys.JOBS_GROUP,
+                        self.consumer,
+                        min_idle_time=0,
+                        message_ids=job_ids,
+                        idle=self.settings.claim_idle_ms,
+                        justid=True,
+                    )
+                )
+        except (*REDIS_FAILURES, TimeoutError) as exc:
+            log.warning(
+                "hand-over failed: calls wait for claim_idle_ms",
+                extra={"consumer": self.consumer, "error": exc.__class__.__name__},
+            )
+            return
+        log.info("calls handed over", extra={"consumer": self.consumer, "calls": len(job_ids)})
 
     # ------------------------------------------------------------------ claiming
 

@@ -436,3 +436,29 @@ async def test_lease_renewal_does_not_steal_back_a_job_claimed_meanwhile(
         await w.redis.aclose()
     [entry] = await redis.xpending_range(keys.JOBS, keys.JOBS_GROUP, "-", "+", 10)
     assert entry["consumer"] == b"b"
+
+
+async def test_stopped_worker_hands_its_call_over_at_once(
+    redis_url: str, redis: aioredis.Redis, audio_dir: Path
+) -> None:
+    """A worker stopped gracefully (SIGTERM) marks its job idle: the other takes it long before
+    claim_idle_ms, and the call completes with every final once."""
+    script, duration_s = dentist(audio_dir)
+    audio = call_audio(duration_s)
+    sid = sid_of(50)
+    events = redis.pubsub()
+    await events.subscribe(keys.CALL_EVENTS)
+    await add_call(redis, sid)
+    await add_audio(redis, sid, audio, to_s=12.0, eof=False)
+    slow_claim = {"claim_idle_ms": 600_000, "lease_renew_s": 0.1}
+    async with FakeDeepgram(script, reference=audio) as fake:
+        async with worker(redis_url, fake.url, consumer="a", **slow_claim):
+            async with asyncio.timeout(WAIT_S):
+                while len(await history(redis, sid)) < 2:
+                    await redis.xread({keys.transcript(sid): "$"}, block=1000)
+        # "a" stopped cleanly on leaving the block; "b" would wait 10 minutes for a dead worker
+        async with worker(redis_url, fake.url, consumer="b", **slow_claim):
+            await add_audio(redis, sid, audio, from_s=12.0)
+            await wait_messages(events, {sid}, "call_ended")
+    await events.aclose()
+    assert [(e.channel, e.text) for e in await history(redis, sid)] == expected(script)
