@@ -57,6 +57,11 @@ class IngestSettings(CommonSettings):
     max_gap_ms: int = Field(
         default=60_000, gt=0, description="Largest timestamp jump accepted as packet loss"
     )
+    stream_idle_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A /twilio socket that sends nothing this long is closed and its call ended (a dead peer)",
+    )
     write_buffer_frames: int = Field(
         default=20_000, gt=0, description="Frames buffered for Redis across calls before dropping"
     )
@@ -74,6 +79,15 @@ class IngestSettings(CommonSettings):
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_has_a_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("https://", "http://")):
+            raise ValueError(
+                "PUBLIC_URL must start with https:// (or http://), e.g. https://abc.ngrok.app"
+            )
+        return v.rstrip("/") if v is not None else None
 
 
 def _default_engine() -> Literal["deepgram", "whisper"]:

@@ -17,6 +17,7 @@ eof), drains the publisher within :data:`DRAIN_GRACE_S` and logs one summary lin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -119,12 +120,38 @@ class Ingest:
             )
         )
         self._open[id(conn)] = conn
-        reason = "disconnect"
+        reason = "idle"
         try:
+            reason = await self._read(ws, conn)
+        except TimeoutError:
+            log.warning(
+                "stream idle: closing",
+                extra={
+                    "call_sid": conn.stream.call_sid or "-",
+                    "idle_s": self.settings.stream_idle_s,
+                },
+            )
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await ws.close(code=1001, reason="idle")
+        finally:
+            self._end(conn, reason)
+
+    async def _read(self, ws: WebSocket, conn: _Connection) -> str:
+        """Read one stream to its end; the reason it ended.
+
+        Raises:
+            TimeoutError: nothing arrived for ``stream_idle_s`` (Twilio sends 50 packets a
+                second per track, silence included: the peer is gone).
+        """
+        loop = asyncio.get_running_loop()
+        idle_s = self.settings.stream_idle_s
+        async with asyncio.timeout(idle_s) as idle:
             while True:
                 message = await ws.receive()
+                idle.reschedule(loop.time() + idle_s)
                 if message["type"] == "websocket.disconnect":
-                    break
+                    return "disconnect"
                 raw = message.get("text")
                 if raw is None:
                     raw = message.get("bytes") or b""
@@ -133,14 +160,11 @@ class Ingest:
                 except TwilioMessageError as exc:
                     self._bad_input(conn, exc)
                     if exc.code in FATAL_CODES:
-                        reason = exc.code
                         await ws.close(code=1003, reason=exc.code)
-                        break
+                        return exc.code
                     continue
                 if actions:
                     self._publish(conn, actions)
-        finally:
-            self._end(conn, reason)
 
     # ------------------------------------------------------------------ helpers
 

@@ -3,7 +3,9 @@
 * TwiML: ``<Start><Stream url="wss://HOST/twilio" track="both_tracks">`` with ``<Parameter>``
   From, To, Direction (a ``<Stream url>`` cannot carry a query string, so per-call data travels
   in parameters: https://www.twilio.com/docs/voice/twiml/stream#custom-parameters), then
-  ``<Dial>FORWARD_TO</Dial>`` when set. Built with ``twilio.twiml.voice_response``.
+  ``<Dial>FORWARD_TO</Dial>`` when set; otherwise ``<Pause length="HOLD_S">`` keeps the call
+  (and its transcript) open for the caller to speak, where an empty rest of the document would
+  make Twilio hang up at once. Built with ``twilio.twiml.voice_response``.
 * Signatures (https://www.twilio.com/docs/usage/webhooks/webhooks-security): when
   ``TWILIO_AUTH_TOKEN`` is set, ``X-Twilio-Signature`` is checked with
   ``twilio.request_validator.RequestValidator`` against the URL Twilio requested: ``PUBLIC_URL``
@@ -74,8 +76,13 @@ def stream_url(conn: HTTPConnection, settings: IngestSettings) -> str:
     return f"{_ws_scheme(parts.scheme)}://{parts.netloc}{parts.path}{STREAM_PATH}"
 
 
+HOLD_S = 3600
+"""Without FORWARD_TO, how long the webhook's TwiML keeps the caller on the line, s."""
+
+
 def voice_response(url: str, params: Mapping[str, str], forward_to: str | None) -> str:
-    """The TwiML document: start streaming both tracks to ``url``, then dial ``forward_to``.
+    """The TwiML document: start streaming both tracks to ``url``, then dial ``forward_to``
+    (without one: pause :data:`HOLD_S` seconds, so the caller can talk to the transcript).
 
     ``params`` are the webhook's parameters; those in :data:`STREAM_PARAMETERS` that are
     present become ``<Parameter>``s of the stream.
@@ -90,6 +97,8 @@ def voice_response(url: str, params: Mapping[str, str], forward_to: str | None) 
     response.append(start)
     if forward_to:
         response.dial(forward_to)
+    else:
+        response.pause(length=HOLD_S)
     return str(response)
 
 

@@ -166,3 +166,33 @@ async def test_memory_redis_mode_works_for_two_runs_in_one_process(
     finally:
         await r.flushall()
         await r.aclose()
+
+
+async def test_silent_socket_is_closed_and_its_call_ended(
+    ingest, redis: aioredis.Redis, call_tracks: list[bytes]
+) -> None:
+    """A peer that goes quiet mid-call (half-open TCP) is closed with 1001 after stream_idle_s,
+    and the call's audio so far is flushed with its eof, as on a disconnect."""
+    call = SimCall(tracks=call_tracks)
+    messages = [text for _, text in twilio_messages(call)][:-1]  # everything but stop
+    async with ingest(stream_idle_s=0.3) as port:
+        async with connect(f"ws://127.0.0.1:{port}/twilio") as ws:
+            for text in messages[: len(messages) // 2]:
+                await ws.send(text)
+            async with asyncio.timeout(WAIT_S):
+                await ws.wait_closed()
+            assert ws.close_code == 1001
+        frames = await read_audio(redis, call.call_sid)
+    assert frames, "the audio sent before the silence was written"
+
+
+async def test_a_stream_longer_than_the_idle_limit_is_not_cut(
+    ingest, redis: aioredis.Redis, call_tracks: list[bytes]
+) -> None:
+    """The idle limit counts silence between messages, not the length of the call."""
+    call = SimCall(tracks=call_tracks)
+    async with ingest(stream_idle_s=0.3) as port:
+        result = await stream_call(f"ws://127.0.0.1:{port}/twilio", call, speed=2)
+        frames = await read_audio(redis, call.call_sid)
+    assert result["duration_s"] > 0.6 and result["close_code"] is None
+    assert_reassembles(frames, [bytearray(t) for t in call_tracks])

@@ -43,14 +43,17 @@ async def test_webhook_streams_both_tracks_with_parameters_and_dials(ingest) -> 
     assert root.findtext("Dial") == "+15559999"
 
 
-async def test_webhook_behind_proxy_derives_wss_url_and_omits_dial(ingest) -> None:
-    """Without PUBLIC_URL the stream URL follows X-Forwarded-Proto/Host; no FORWARD_TO, no Dial."""
+async def test_webhook_behind_proxy_derives_wss_url_and_holds_without_dial(ingest) -> None:
+    """Without PUBLIC_URL the stream URL follows X-Forwarded-Proto/Host; no FORWARD_TO: no Dial,
+    a Pause keeps the caller on the line (an empty rest would hang up at once)."""
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "abc.example.com"}
     async with ingest() as port, httpx.AsyncClient(timeout=WAIT_S) as http:
         root = parse(await http.get(f"http://127.0.0.1:{port}/twiml", headers=headers))
     stream = root.find("./Start/Stream")
     assert stream is not None and stream.get("url") == "wss://abc.example.com/twilio"
     assert root.find("Dial") is None
+    assert [el.tag for el in root] == ["Start", "Pause"]
+    assert int(root.find("Pause").get("length")) >= 600
 
 
 @pytest.mark.parametrize(

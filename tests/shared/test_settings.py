@@ -1,0 +1,37 @@
+"""Settings read from the environment as DESIGN.md's table says."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from shared.settings import GatewaySettings, IngestSettings, TranscriberSettings
+
+
+def test_engine_defaults_to_deepgram_only_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ASR_ENGINE is deepgram when DEEPGRAM_API_KEY is set, else whisper; empty means unset."""
+    monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
+    monkeypatch.setenv("ASR_ENGINE", "")
+    assert TranscriberSettings().asr_engine == "whisper"
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "secret")
+    s = TranscriberSettings()
+    assert s.asr_engine == "deepgram"
+    assert s.deepgram_api_key is not None and "secret" not in repr(s)
+
+
+def test_ports_and_urls_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REDIS_URL, FRAME_MS and the default ports follow the contract."""
+    monkeypatch.setenv("REDIS_URL", "redis://example:6380/2")
+    monkeypatch.setenv("FRAME_MS", "40")
+    monkeypatch.delenv("PORT", raising=False)
+    ingest = IngestSettings()
+    assert (ingest.redis_url, ingest.frame_ms, ingest.port) == ("redis://example:6380/2", 40, 5000)
+    assert GatewaySettings().port == 8080
+
+
+@pytest.mark.parametrize("url", ["abc.ngrok.app", "wss://abc.ngrok.app", "ftp://x"])
+def test_public_url_needs_an_http_scheme(url: str) -> None:
+    """A PUBLIC_URL without https:// is refused at start, not turned into wrong signature URLs."""
+    with pytest.raises(ValidationError, match="PUBLIC_URL"):
+        IngestSettings(public_url=url)
+    assert IngestSettings(public_url="https://abc.ngrok.app/").public_url == "https://abc.ngrok.app"
