@@ -124,10 +124,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     from callscribe.render import CallRenderer
-    from callscribe.watch import WatchOptions, watch
+    from callscribe.watch import WatchOptions, v1_url, watch
 
+    try:
+        url = v1_url(args.gateway)
+    except ValueError as exc:
+        print(f"callscribe watch: --gateway: {exc}", file=sys.stderr)
+        return 2
     options = WatchOptions(
-        url=args.gateway,
+        url=url,
         call_sid=args.call_sid,
         since=args.since,
         open_timeout_s=args.open_timeout_s,
@@ -145,6 +150,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # settings are read from the environment by each service: set them before any import
     os.environ.setdefault("REDIS_URL", "memory://")
     os.environ["ASR_ENGINE"] = "whisper"
+    if not args.speed >= 0:  # also refuses nan
+        print(
+            "callscribe demo: --speed must not be negative (0 = as fast as possible)",
+            file=sys.stderr,
+        )
+        return 2
     from callscribe.demo import DemoOptions, run_demo
 
     options = DemoOptions(
@@ -234,12 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``callscribe`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in SERVICES:
-        module = importlib.import_module(f"services.{argv[0]}.__main__")
-        return int(module.main(argv[1:]))
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    return int(args.func(args))
+    try:
+        if argv and argv[0] in SERVICES:
+            module = importlib.import_module(f"services.{argv[0]}.__main__")
+            return int(module.main(argv[1:]))
+        args = build_parser().parse_args(argv)
+        setup_logging(args.log_level)
+        return int(args.func(args))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers are set (imports, model)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

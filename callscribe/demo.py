@@ -34,6 +34,10 @@ SHUTDOWN_GRACE_S = 15.0
 """How long the services may take to stop once ``stop`` is set before they are cancelled."""
 STARTUP_TIMEOUT_S = 60.0
 """How long the services may take to listen (the Whisper model loads first)."""
+END_GRACE_S = 60.0
+END_PER_AUDIO_S = 2.0
+"""Once the call is streamed, its end must be shown within ``END_GRACE_S`` plus
+``END_PER_AUDIO_S`` seconds per second of audio (a backlog to transcribe), else the demo fails."""
 
 
 @dataclass
@@ -108,6 +112,10 @@ class Demo:
         ingest = IngestSettings(
             host="127.0.0.1", port=port_or_free(self.options.ingest_port, DEFAULT_INGEST_PORT)
         )
+        if ingest.twilio_auth_token is None:
+            # the demo's calls come from this process, not Twilio: an unsigned-requests warning
+            # would only break into the live transcript
+            logging.getLogger("services.ingest.twiml").setLevel(logging.ERROR)
         gateway = GatewaySettings(
             host="127.0.0.1", port=port_or_free(self.options.gateway_port, DEFAULT_GATEWAY_PORT)
         )
@@ -115,6 +123,9 @@ class Demo:
         self.say(f"callscribe demo: Redis {_redacted(ingest.redis_url)}, embedded Whisper engine")
         t0 = time.monotonic()
         engine = await _preload_engine(transcriber)
+        if self.stop.is_set():  # Ctrl-C while the model loaded: start nothing
+            await engine.aclose()
+            return 130
         self.say(f"speech model loaded in {time.monotonic() - t0:.1f} s")
         loop = asyncio.get_running_loop()
         ingest_bound: asyncio.Future[int] = loop.create_future()
@@ -199,12 +210,16 @@ class Demo:
         from callscribe.twilio_client import SimCall, stream_call
 
         stopped = asyncio.create_task(self.stop.wait())
-        ports = asyncio.gather(ingest_bound, gateway_bound)
+        bounds = (ingest_bound, gateway_bound)
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                await _first(ports, stopped)
-            if stopped.done() or ports.exception() is not None:
-                return 130 if stopped.done() else 1
+                # asyncio.wait, not gather: leaves the futures alone when stopped (a cancelled
+                # gather would cancel them and log "exception was never retrieved")
+                await _first(asyncio.wait(bounds, return_when=asyncio.FIRST_EXCEPTION), stopped)
+            if stopped.done():
+                return 130
+            if any(f.done() and not f.cancelled() and f.exception() for f in bounds):
+                return 1
             ingest_port, gateway_port = ingest_bound.result(), gateway_bound.result()
             ingest_url = f"ws://127.0.0.1:{ingest_port}/twilio"
             gateway_url = f"ws://127.0.0.1:{gateway_port}"
@@ -243,9 +258,16 @@ class Demo:
                     await _first(watching, streaming, stopped)
                     if streaming.done() and not watching.done() and not stopped.done():
                         if streaming.exception() is not None:
-                            self.say(f"streaming failed: {streaming.exception()}")
+                            renderer.note(f"streaming failed: {streaming.exception()}")
                             return 1
-                        await _first(watching, stopped)  # the call is streamed: wait for its end
+                        # the call is streamed: wait for its end, bounded (never hang)
+                        end_timeout_s = END_GRACE_S + END_PER_AUDIO_S * seconds
+                        try:
+                            async with asyncio.timeout(end_timeout_s):
+                                await _first(watching, stopped)
+                        except TimeoutError:
+                            renderer.note(f"the call did not end within {end_timeout_s:.0f} s")
+                            return 1
                     if stopped.done():
                         return 130
                     return watching.result()
@@ -259,7 +281,6 @@ class Demo:
             return 1
         finally:
             stopped.cancel()
-            ports.cancel()
 
     async def _time_first(self, watcher: Watcher, renderer: CallRenderer, t0: float) -> None:
         await watcher.first_transcript.wait()
@@ -299,13 +320,18 @@ def _redacted(url: str) -> str:
 async def run_demo(options: DemoOptions, stop: asyncio.Event, out: TextIO = sys.stdout) -> int:
     """Run the demo until its call ends (or ``stop``); returns the exit status.
 
-    A service that fails to start (a port taken, Redis unreachable) ends the demo with 1 and a
-    one-line explanation on stderr rather than a traceback.
+    A service that fails to start (a port taken, Redis unreachable) or a call that does not end
+    in time ends the demo with 1, an unreadable ``audio`` with 2, each with a one-line
+    explanation rather than a traceback.
     """
+    from callscribe.simulate import SimulateError
     from shared.errors import AsrError
 
     try:
         return await Demo(options, stop, out).run()
+    except SimulateError as exc:  # --audio cannot be read
+        print(f"callscribe demo: {exc}", file=sys.stderr)
+        return 2
     except AsrError as exc:
         print(f"callscribe demo: the speech model cannot start: {exc}", file=sys.stderr)
         return 1

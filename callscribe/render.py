@@ -114,7 +114,18 @@ class CallRenderer:
             return
         self.ended = True
         self._interims.clear()
-        self._redraw([self._progress_text(done=True)])
+        self._redraw([self._progress_text(state="ended")])
+
+    def interrupt(self) -> None:
+        """Watching stops before the call's end (Ctrl-C): on a TTY the live area (interims,
+        progress) gives way to one permanent ``… stopped …`` line ending in a newline, so no
+        interim is left looking like a final and the shell prompt starts on its own line."""
+        if self.ended:
+            return
+        self.ended = True
+        self._interims.clear()
+        if self.tty:
+            self._redraw([self._progress_text(state="stopped")] if self.call_sid else [])
 
     # ------------------------------------------------------------------ drawing
 
@@ -128,9 +139,8 @@ class CallRenderer:
             f"{indent}{_DIM}[{mmss(event.start)}]{_RESET} {colour}{event.speaker:<6}{_RESET} {text}"
         )
 
-    def _progress_text(self, *, done: bool = False) -> str:
+    def _progress_text(self, *, state: str = "live") -> str:
         elapsed = self.clock() - self._started
-        state = "ended" if done else "live"
         sid = self.call_sid or "-"
         plural = "" if self.finals == 1 else "s"
         return f"call {sid} {state} · {mmss(elapsed)} elapsed · {self.finals} final{plural}"

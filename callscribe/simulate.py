@@ -118,7 +118,12 @@ class SimulateOptions:
 
 
 def _fmt_counts(counts: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, (dict, list)))
+    """``stream_call``'s counts for a person: floats to 0.1, internal clock readings left out."""
+    return " ".join(
+        f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in counts.items()
+        if not isinstance(v, (dict, list)) and not k.endswith("_monotonic")
+    )
 
 
 async def simulate(tracks: list[bytes], options: SimulateOptions, out: TextIO = sys.stdout) -> int:
@@ -136,7 +141,7 @@ async def simulate(tracks: list[bytes], options: SimulateOptions, out: TextIO = 
         raise SimulateError("--calls must be at least 1")
     if not 0.0 <= options.loss < 1.0:
         raise SimulateError("--loss is a fraction in [0, 1)")
-    if options.speed < 0:
+    if not options.speed >= 0:  # also refuses nan
         raise SimulateError("--speed must not be negative (0 = as fast as possible)")
     if options.outbound_delay_ms < 0:
         raise SimulateError("--outbound-delay-ms must not be negative")

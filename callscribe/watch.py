@@ -60,14 +60,21 @@ class WatchOptions:
 
 
 def v1_url(url: str) -> str:
-    """``ws://h:8080`` or ``ws://h:8080/`` → ``ws://h:8080/v1/ws``; a URL with a path is kept."""
+    """``ws://h:8080`` or ``ws://h:8080/`` → ``ws://h:8080/v1/ws``; a URL with a path is kept.
+
+    ``http://``/``https://`` (the address of the web page) become ``ws://``/``wss://``.
+
+    Raises:
+        ValueError: not a ws, wss, http or https URL.
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower())
+    if not sep or scheme not in ("ws", "wss") or not rest:
         raise ValueError(f"not a ws:// URL: {url!r}")
     host, _, path = rest.partition("/")
     if not path:
         return f"{scheme}://{host}/v1/ws"
-    return url
+    return f"{scheme}://{rest}"
 
 
 @dataclass
@@ -100,6 +107,13 @@ class Watcher:
 
     async def run(self) -> int:
         """Connect, follow, render; reconnect on a lost connection. Never raises but Cancelled."""
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            self.renderer.interrupt()
+            raise
+
+    async def _run(self) -> int:
         url = v1_url(self.options.url)
         failures = 0
         while True:

@@ -107,3 +107,21 @@ def test_tty_live_area_is_bounded_by_width() -> None:
         for code in ("\x1b[0m", "\x1b[2m", "\x1b[36m", "\x1b[33m", "\r", "\x1b[J"):
             visible = visible.replace(code, "")
         assert len(visible) <= 39
+
+
+def test_tty_interrupt_replaces_live_area_with_a_stopped_line() -> None:
+    """Ctrl-C mid-call: the interim and progress are erased for one "stopped" line ending in a newline."""
+    out = io.StringIO()
+    r = CallRenderer(out, tty=True, clock=_Clock(), width=80)
+    r.start("CA1")
+    r.transcript(_event(0, 0, "thank you so mu", final=False))
+    out.truncate(0)
+    out.seek(0)
+    r.interrupt()
+    redraw = out.getvalue()
+    assert redraw.startswith("\r\x1b[1A\x1b[J")  # interim + progress erased
+    assert "thank you" not in redraw
+    assert redraw.endswith("call CA1 stopped · 00:00 elapsed · 0 finals\n")
+    r.tick()
+    r.interrupt()
+    assert out.getvalue() == redraw  # nothing more once stopped

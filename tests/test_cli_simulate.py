@@ -152,3 +152,12 @@ async def test_simulate_two_lossy_calls_into_ingest(redis_url: str, redis, tmp_p
                 assert 900 <= eof_ms <= 1000
         finally:
             stop.set()
+
+
+def test_summary_counts_are_readable() -> None:
+    """The per-call summary rounds seconds and leaves out the internal monotonic clock reading."""
+    from callscribe.simulate import _fmt_counts
+
+    counts = {"sent_packets": 2559, "duration_s": 9.310154967000017, "close_code": None,
+              "t0_monotonic": 3144.198302527}  # fmt: skip
+    assert _fmt_counts(counts) == "sent_packets=2559 duration_s=9.3 close_code=None"

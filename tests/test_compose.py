@@ -105,6 +105,15 @@ def test_environment_names_are_settings_fields(compose: dict[str, Any]) -> None:
     }
 
 
+def test_every_setting_reaches_its_service(compose: dict[str, Any]) -> None:
+    """Each setting of the README's table (but per-container HOST, PORT, CONSUMER) is passed on."""
+    per_container = {"HOST", "PORT", "CONSUMER"}
+    for name, cls in SETTINGS.items():
+        wanted = {f.upper() for f in cls.model_fields} - per_container
+        passed = set(compose["services"][name]["environment"])
+        assert wanted <= passed, (name, sorted(wanted - passed))
+
+
 def test_ports_agree_with_settings_and_dockerfile(compose: dict[str, Any]) -> None:
     """Published ports, --port, settings defaults and the Dockerfile's EXPOSE are the same."""
     dockerfile = (ROOT / "Dockerfile").read_text()

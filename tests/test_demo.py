@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import io
 import os
 import re
 import signal
 import sys
+import wave
 from pathlib import Path
+
+import pytest
+
+from callscribe import demo
 
 CALLSCRIBE = str(Path(sys.executable).with_name("callscribe"))
 DEMO_TIMEOUT_S = 150.0
 LINE_TIMEOUT_S = 90.0
 SIGINT_EXIT_S = 20.0
+IN_PROCESS_S = 30.0
 
 
 def _env() -> dict[str, str]:
@@ -49,6 +57,7 @@ async def test_demo_transcribes_the_bundled_call_and_exits_0() -> None:
             await proc.wait()
     lines = out.decode().splitlines()
     assert proc.returncode == 0, out.decode() + err.decode()[-3000:]
+    assert "level=warning" not in err.decode(), err.decode()  # nothing breaks into the transcript
     assert any(
         re.fullmatch(
             r"watch from another terminal: callscribe watch --gateway ws://127\.0\.0\.1:\d+", x
@@ -89,3 +98,103 @@ async def test_demo_stops_cleanly_on_sigint() -> None:
     assert proc.returncode in (0, 130), err.decode()[-3000:]
     assert b"Traceback" not in err
     assert b"Traceback" not in out
+
+
+# ----------------------------------------------------------------- in process, engine faked
+
+
+class _FakeEngine:
+    """Stands in for the Whisper engine: the demo only preloads and closes it."""
+
+    closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def _waits_for_stop(settings: object, *, stop: asyncio.Event, **_: object) -> None:
+    """A service ``run`` that does nothing until ``stop``."""
+    await stop.wait()
+
+
+def _short_wav(path: Path, seconds: float = 0.5) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(b"\0\0\0\0" * int(8000 * seconds))
+    return path
+
+
+def _never_retrieved(caplog: pytest.LogCaptureFixture) -> list[str]:
+    gc.collect()  # asyncio reports an unretrieved exception when its future is collected
+    return [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_ctrl_c_while_the_model_loads_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    """Stop set while the model loads: no service starts, the engine is closed, status 130."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    stop, engine = asyncio.Event(), _FakeEngine()
+
+    async def loading(settings: object) -> _FakeEngine:
+        stop.set()  # Ctrl-C arrives during the load
+        return engine
+
+    monkeypatch.setattr(demo, "_preload_engine", loading)
+    out = io.StringIO()
+    options = demo.DemoOptions(ingest_port=0, gateway_port=0)
+    status = await asyncio.wait_for(demo.run_demo(options, stop, out), IN_PROCESS_S)
+    assert status == 130
+    assert engine.closed
+    assert "ingest" not in out.getvalue() and "loaded" not in out.getvalue()
+
+
+async def test_ctrl_c_before_the_ports_are_bound_is_quiet(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stop set while ingest starts (its port not yet bound): 130 and no asyncio error logged."""
+    from services.ingest import app as ingest_app
+    from services.transcriber import app as transcriber_app
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+
+    async def ingest_interrupted(settings: object, *, stop: asyncio.Event, **_: object) -> None:
+        stop.set()
+        await stop.wait()
+
+    async def loaded(settings: object) -> _FakeEngine:
+        return _FakeEngine()
+
+    monkeypatch.setattr(demo, "_preload_engine", loaded)
+    monkeypatch.setattr(ingest_app, "run", ingest_interrupted)
+    monkeypatch.setattr(transcriber_app, "run", _waits_for_stop)
+    options = demo.DemoOptions(ingest_port=0, gateway_port=0)
+    status = await asyncio.wait_for(
+        demo.run_demo(options, asyncio.Event(), io.StringIO()), IN_PROCESS_S
+    )
+    assert status == 130
+    assert _never_retrieved(caplog) == []
+
+
+async def test_a_call_that_never_ends_fails_the_demo_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
+) -> None:
+    """No transcriber ends the streamed call: the demo says so and exits 1 instead of hanging."""
+    from services.transcriber import app as transcriber_app
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+
+    async def loaded(settings: object) -> _FakeEngine:
+        return _FakeEngine()
+
+    monkeypatch.setattr(demo, "_preload_engine", loaded)
+    monkeypatch.setattr(transcriber_app, "run", _waits_for_stop)
+    monkeypatch.setattr(demo, "END_GRACE_S", 1.0)
+    monkeypatch.setattr(demo, "END_PER_AUDIO_S", 0.0)
+    out = io.StringIO()
+    options = demo.DemoOptions(
+        ingest_port=0, gateway_port=0, speed=0, audio=str(_short_wav(tmp_path / "short.wav"))
+    )
+    status = await asyncio.wait_for(demo.run_demo(options, asyncio.Event(), out), IN_PROCESS_S)
+    assert status == 1, out.getvalue()
+    assert "the call did not end within 1 s" in out.getvalue()

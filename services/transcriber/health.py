@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 
 from shared import keys
@@ -29,9 +30,12 @@ def is_fresh(raw: bytes | str | None, *, now_s: float, max_age_s: float) -> bool
 async def check(
     settings: TranscriberSettings, consumer: str | None = None, timeout_s: float = 5.0
 ) -> bool:
-    """True when the health key of ``consumer`` (or of any worker, when None) is fresh.
+    """True when the health key of ``consumer`` is fresh.
 
-    A worker refreshes it every ``lease_renew_s``; fresh = younger than three periods.
+    Without ``consumer``: the ``CONSUMER`` setting when it was set explicitly, else any worker
+    of this host (``<hostname>-*``, the default consumer names), so that a container's
+    healthcheck judges its own worker and not a sibling replica's. A worker refreshes its key
+    every ``lease_renew_s``; fresh = younger than three periods.
     False when Redis cannot be reached within ``timeout_s`` or for ``memory://`` (another process
     cannot see an in-process Redis).
     """
@@ -41,12 +45,13 @@ async def check(
     redis = connect(settings.redis_url, socket_timeout_s=timeout_s)
     try:
         async with asyncio.timeout(timeout_s):
+            if consumer is None and "consumer" in settings.model_fields_set:
+                consumer = settings.consumer
             if consumer:
                 names = [keys.worker(consumer)]
             else:
-                names = [
-                    k async for k in redis.scan_iter(match=keys.WORKERS_PREFIX + "*", count=100)
-                ]
+                mine = keys.WORKERS_PREFIX + _glob_escape(socket.gethostname()) + "-*"
+                names = [k async for k in redis.scan_iter(match=mine, count=100)]
             now_s = time.time()
             for name in names:
                 if is_fresh(await redis.get(name), now_s=now_s, max_age_s=max_age_s):
@@ -57,3 +62,8 @@ async def check(
         return False
     finally:
         await redis.aclose()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with Redis glob metacharacters escaped, for SCAN MATCH."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

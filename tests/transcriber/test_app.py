@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import socket
 import time
 
 import pytest
@@ -70,15 +71,20 @@ async def test_running_worker_keeps_a_fresh_health_key(
 
 
 def test_check_exit_codes(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--check exits 1 without a fresh worker key and 0 with one (any worker, or the named one)."""
+    """--check exits 1 without a fresh worker key and 0 with one (this host's, or the named one);
+    a sibling replica's key on another host does not make this one healthy."""
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     monkeypatch.setenv("ASR_ENGINE", "deepgram")
     r = syncredis.Redis.from_url(redis_server.url)
     try:
         r.flushall()
         assert main(["--check"]) == 1
-        r.set(keys.worker("w1"), json.dumps({"calls": 0, "ts": time.time()}), px=10_000)
+        r.set(keys.worker("otherhost-7"), json.dumps({"calls": 0, "ts": time.time()}), px=10_000)
+        assert main(["--check"]) == 1
+        here = f"{socket.gethostname()}-123"
+        r.set(keys.worker(here), json.dumps({"calls": 0, "ts": time.time()}), px=10_000)
         assert main(["--check"]) == 0
+        r.set(keys.worker("w1"), json.dumps({"calls": 0, "ts": time.time()}), px=10_000)
         assert main(["--check", "--consumer", "w1"]) == 0
         assert main(["--check", "--consumer", "w2"]) == 1
         r.set(keys.worker("old"), json.dumps({"calls": 0, "ts": time.time() - 3600}), px=10_000)
