@@ -14,8 +14,11 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from services.transcriber.engine import AsrEngine, AsrSession, CallAudio
 from shared import keys
@@ -263,21 +266,33 @@ class CallPipeline:
 
     async def _drop_job(self) -> None:
         """Ack and delete our job without touching the call."""
+
+        def build(pipe: Pipeline) -> None:
+            pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
+            pipe.xdel(keys.JOBS, self.job_id)
+
+        await self._transact(build)
+        self.ended = True
+
+    async def _transact(self, build: Callable[[Pipeline], None]) -> list[Any]:
+        """Run the MULTI that ``build`` queues until it succeeds, backing off through outages.
+
+        Every transaction run this way is safe to repeat (acks, deletes, sets, expiries and
+        the end events a client treats idempotently), so a lost EXEC reply is simply retried.
+        """
         backoff = Backoff()
         while True:
             try:
                 async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
-                    pipe.xdel(keys.JOBS, self.job_id)
-                    await pipe.execute()
-                break
+                    build(pipe)
+                    result: list[Any] = await pipe.execute()
+                    return result
             except REDIS_FAILURES as exc:
                 log.warning(
                     "redis unavailable",
                     extra={"call_sid": self.sid, "error": exc.__class__.__name__},
                 )
                 await backoff.wait()
-        self.ended = True
 
     # ------------------------------------------------------------------ results
 
@@ -375,28 +390,18 @@ class CallPipeline:
         )
         end_json = EndEvent(call_sid=self.sid).to_json()
         ended_json = CallEnded(call=meta).to_json()
-        backoff = Backoff()
-        while True:
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.publish(keys.live(self.sid), end_json)
-                    pipe.srem(keys.ACTIVE_CALLS, self.sid)
-                    pipe.hset(
-                        keys.meta(self.sid), mapping={"status": "ended", "ended_at": f"{now:.3f}"}
-                    )
-                    pipe.publish(keys.CALL_EVENTS, ended_json)
-                    pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
-                    pipe.xdel(keys.JOBS, self.job_id)
-                    for key in keys.call_keys(self.sid):
-                        pipe.expire(key, self.settings.retention_s)
-                    await pipe.execute()
-                break
-            except REDIS_FAILURES as exc:
-                log.warning(
-                    "redis unavailable",
-                    extra={"call_sid": self.sid, "error": exc.__class__.__name__},
-                )
-                await backoff.wait()
+
+        def build(pipe: Pipeline) -> None:
+            pipe.publish(keys.live(self.sid), end_json)
+            pipe.srem(keys.ACTIVE_CALLS, self.sid)
+            pipe.hset(keys.meta(self.sid), mapping={"status": "ended", "ended_at": f"{now:.3f}"})
+            pipe.publish(keys.CALL_EVENTS, ended_json)
+            pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
+            pipe.xdel(keys.JOBS, self.job_id)
+            for key in keys.call_keys(self.sid):
+                pipe.expire(key, self.settings.retention_s)
+
+        await self._transact(build)
         self.ended = True
         log.info(
             "call ended",
