@@ -30,6 +30,9 @@ from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
 
+PROGRESS_PERSIST_S = 5.0
+"""A checkpoint moved only by silence is written once it has advanced this far, s."""
+
 QUEUE_FRAMES = 50
 """Frames buffered per call between the audio reader and the ASR session (5 s of 100 ms frames)."""
 
@@ -99,6 +102,8 @@ class CallPipeline:
         self.finals = 0
         self._frames: collections.deque[tuple[str, float]] = collections.deque(maxlen=100_000)
         self._resume_id = "0-0"
+        self._shown: set[int] = set()  # segments whose interims were published
+        self._persisted_s = 0.0  # min(final_end_s) of the last checkpoint written
 
     # ------------------------------------------------------------------ reader side
 
@@ -241,6 +246,7 @@ class CallPipeline:
             log.warning("bad checkpoint ignored", extra={"call_sid": self.sid})
             self.last_id, self.next_segment = "0-0", 0
             self.final_end_s = [0.0] * self.channels
+        self._persisted_s = min(self.final_end_s)
         if self.last_id != "0-0":
             log.info("call resumed", extra={"call_sid": self.sid, "resume_audio_id": self.last_id})
         self.ready = True
@@ -300,31 +306,57 @@ class CallPipeline:
         ch = event.channel
         if ch >= self.channels or event.end <= self.final_end_s[ch] + _EPS_S:
             return  # finalised before (by us or by the worker we took over from)
+        if event.is_final and not event.text and event.segment not in self._shown:
+            await self._progress(event)  # silence: nothing to show, but the channel is final
+            return
         if event.start < self.final_end_s[ch] - _EPS_S and event.words:
             trimmed = _after(event, self.final_end_s[ch])
             if trimmed is None:
                 return
             event = trimmed
         if not event.is_final:
+            self._shown.add(event.segment)
             try:
                 await cmd(self.redis.publish(keys.live(self.sid), event.to_json()))
             except REDIS_FAILURES:
                 log.debug("interim dropped", extra={"call_sid": self.sid})
             return
+        self._shown.discard(event.segment)
+        checkpoint = self._advance(ch, event)
+        event.id = await self._store_final(event, checkpoint)
+        self._persisted_s = min(self.final_end_s)
+        self.finals += 1
+        payload = event.to_json()
+        await self._publish(keys.live(self.sid), payload)
+
+    def _advance(self, ch: int, event: TranscriptEvent) -> dict[str, str]:
+        """Channel ``ch`` is final up to ``event.end``: move the checkpoint; its meta fields."""
         self.final_end_s[ch] = event.end
         self.next_segment = max(self.next_segment, event.segment + 1)
         covered_ms = min(self.final_end_s) * 1000.0
         while self._frames and self._frames[0][1] <= covered_ms + 0.5:
             self._resume_id = self._frames.popleft()[0]
-        checkpoint = {
+        return {
             "resume_audio_id": self._resume_id,
             "next_segment": str(self.next_segment),
             **{f"final_end_s_{c}": f"{e:.3f}" for c, e in enumerate(self.final_end_s)},
         }
-        event.id = await self._store_final(event, checkpoint)
-        self.finals += 1
-        payload = event.to_json()
-        await self._publish(keys.live(self.sid), payload)
+
+    async def _progress(self, event: TranscriptEvent) -> None:
+        """An empty final in silence: advance the checkpoint, store and publish nothing.
+
+        Without it a channel that stays silent would hold the checkpoint at the start of the
+        call, and a worker taking over would replay everything. The checkpoint is written at
+        the next final, or here once it has moved :data:`PROGRESS_PERSIST_S` since the last write.
+        """
+        checkpoint = self._advance(event.channel, event)
+        if min(self.final_end_s) - self._persisted_s < PROGRESS_PERSIST_S:
+            return
+        try:
+            await cmd(self.redis.hset(keys.meta(self.sid), mapping=checkpoint))  # type: ignore[arg-type]
+            self._persisted_s = min(self.final_end_s)
+        except REDIS_FAILURES:
+            log.debug("checkpoint not written", extra={"call_sid": self.sid})
 
     async def _store_final(self, event: TranscriptEvent, checkpoint: dict[str, str]) -> str:
         """XADD the final and HSET the checkpoint in one transaction; the entry ID."""

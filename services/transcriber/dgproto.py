@@ -157,8 +157,11 @@ def results_to_event(
 ) -> TranscriptEvent | None:
     """Map one ``Results`` to a :class:`TranscriptEvent` in call time, or None to publish nothing.
 
-    None for an interim with empty text, and for an empty final (which still closes the
-    channel's segment). ``offset_s``: call time in seconds of the connection's first audio.
+    None for an interim with empty text. An empty final is returned (text ``""``): for a segment
+    whose interims were shown it clears them; for a stretch of silence (Deepgram sends one every
+    few seconds per channel) it tells the pipeline the channel is final up to its ``end``, which
+    moves the call's checkpoint on. ``offset_s``: call time in seconds of the connection's
+    first audio.
 
     Raises:
         DeepgramMessageError: ``bad_results``: ``channel_index`` outside ``0..channels-1``.
@@ -170,8 +173,6 @@ def results_to_event(
     text = alt.transcript.strip()
     if msg.is_final:
         seg = segments.close(channel)
-        if not text:
-            return None
         if seg is None:
             seg = segments.current(channel)
             segments.close(channel)

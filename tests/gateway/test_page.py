@@ -11,7 +11,8 @@ from services.gateway.rest import index_html
 HARNESS = r"""
 const script = process.argv[1];
 function el() { return { textContent: "", innerHTML: "", className: "", children: [],
-  appendChild(c) { this.children.push(c); } }; }
+  appendChild(c) { c.parent = this; this.children.push(c); },
+  remove() { const s = this.parent.children; s.splice(s.indexOf(this), 1); } }; }
 const els = {};
 global.document = { getElementById: (id) => (els[id] ||= el()), createElement: el,
   createTextNode: (t) => ({ textContent: t }) };
@@ -34,6 +35,10 @@ recv(ev);
 recv({ ...ev, id: "5-0", is_final: true, text: "hello" });
 const line = els.lines.children[0];
 const shown = { lines: els.lines.children.length, cls: line.className, text: line.children.at(-1).textContent };
+recv({ ...ev, segment: 1, text: "uh" });
+const noisy = els.lines.children.length;
+recv({ ...ev, segment: 1, id: "6-0", is_final: true, text: "" });
+shown.noise = [noisy, els.lines.children.length];
 recv({ type: "end", call_sid: "CA1" });
 watch("CA2");
 console.log(JSON.stringify({ url: ws.url, buttons, shown, sent: ws.sent, status: els.status.textContent }));
@@ -41,7 +46,8 @@ console.log(JSON.stringify({ url: ws.url, buttons, shown, sent: ws.sent, status:
 
 
 def test_page_renders_calls_and_switches_after_end_without_a_stale_unsubscribe() -> None:
-    """the page lists calls, replaces an interim by its final, and after ``end`` switches calls
+    """the page lists calls, replaces an interim by its final, clears one whose final is empty,
+    and after ``end`` switches calls
     without an unsubscribe the server would answer with a not_subscribed error."""
     node = shutil.which("node")
     assert node is not None, "node is not installed (every machine of this project's kind has it)"
@@ -52,7 +58,12 @@ def test_page_renders_calls_and_switches_after_end_without_a_stale_unsubscribe()
     result = json.loads(out.stdout)
     assert result["url"] == "ws://gw:8080/v1/ws"
     assert result["buttons"] == ["CA1", "CA2"]
-    assert result["shown"] == {"lines": 1, "cls": "line callee", "text": "hello"}
+    assert result["shown"] == {
+        "lines": 1,
+        "cls": "line callee",
+        "text": "hello",
+        "noise": [2, 1],
+    }  # an interim that turns out to be noise (empty final) is cleared
     assert result["sent"] == [
         {"type": "list"},
         {"type": "subscribe", "call_sid": "CA1", "since": "0"},

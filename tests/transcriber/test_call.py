@@ -56,3 +56,32 @@ async def test_final_with_only_finalised_words_is_dropped(redis: aioredis.Redis)
     call = pipeline(redis, [20.1, 12.0])
     await call._on_result(event(12.0, 20.4, [("old", 13.0, 14.0), ("older", 19.5, 20.0)]))
     assert await redis.xlen(keys.transcript(SID)) == 0
+
+
+async def test_empty_final_clears_a_shown_interim_but_silence_is_not_stored(
+    redis: aioredis.Redis,
+) -> None:
+    """An empty final for a segment whose interim was published is stored and published (the
+    client clears the interim); one for a stretch of silence only moves the checkpoint."""
+    call = pipeline(redis, [0.0, 0.0])
+    live = redis.pubsub()
+    await live.subscribe(keys.live(SID))
+    await call._on_result(
+        event(1.0, 2.0, [("uh", 1.0, 2.0)]).model_copy(update={"is_final": False})
+    )
+    await call._on_result(event(1.0, 2.5, []).model_copy(update={"text": ""}))
+    silence = event(2.5, 9.0, []).model_copy(
+        update={"text": "", "segment": 4, "channel": 1, "speaker": "callee"}
+    )
+    await call._on_result(silence)
+    [(entry_id, fields)] = await redis.xrange(keys.transcript(SID))
+    assert TranscriptEvent.from_history(entry_id, fields).text == ""
+    published = []
+    async with asyncio.timeout(5):
+        while len(published) < 2:
+            msg = await live.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg:
+                published.append(TranscriptEvent.model_validate_json(msg["data"]))
+    await live.aclose()
+    assert [(e.is_final, e.text, e.segment) for e in published] == [(False, "uh", 3), (True, "", 3)]
+    assert call.final_end_s == [2.5, 9.0] and call.next_segment == 5

@@ -50,8 +50,9 @@ async def run_call(
 
 
 def finals(events: list[TranscriptEvent]) -> list[TranscriptEvent]:
-    """The final events, in delivery order."""
-    return [e for e in events if e.is_final]
+    """The final events with text, in delivery order (empty finals mark silence or clear an
+    interim; the pipeline decides which)."""
+    return [e for e in events if e.is_final and e.text]
 
 
 def expected_finals(script: list[Turn]) -> list[tuple[int, str, float]]:

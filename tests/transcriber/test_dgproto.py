@@ -119,13 +119,17 @@ def test_times_are_shifted_by_the_connection_offset() -> None:
     ]
 
 
-def test_empty_interim_is_skipped_and_empty_final_closes_without_publishing() -> None:
-    """An empty interim opens nothing; an empty final closes the open segment and yields None."""
+def test_empty_interim_is_skipped_and_empty_final_closes_its_segment() -> None:
+    """An empty interim opens nothing; an empty final closes the open segment (so a client
+    clears its interim), and one in silence comes with a fresh segment (progress only)."""
     segs = SegmentTracker()
     assert to_event(results(text=""), segs) is None
     assert to_event(results(text="hi"), segs).segment == 0  # type: ignore[union-attr]
-    assert to_event(results(text="", is_final=True), segs) is None
-    assert to_event(results(text="again"), segs).segment == 1  # type: ignore[union-attr]
+    cleared = to_event(results(text="", is_final=True), segs)
+    assert cleared is not None and (cleared.segment, cleared.text, cleared.words) == (0, "", [])
+    silence = to_event(results(start=3.0, duration=2.0, text="", is_final=True), segs)
+    assert silence is not None and silence.segment == 1 and silence.end == 5.0
+    assert to_event(results(text="again"), segs).segment == 2  # type: ignore[union-attr]
 
 
 def test_channel_out_of_range_is_a_documented_error() -> None:

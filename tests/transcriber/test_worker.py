@@ -462,3 +462,31 @@ async def test_stopped_worker_hands_its_call_over_at_once(
             await wait_messages(events, {sid}, "call_ended")
     await events.aclose()
     assert [(e.channel, e.text) for e in await history(redis, sid)] == expected(script)
+
+
+async def test_silent_channel_does_not_hold_the_checkpoint_back(
+    redis_url: str, redis: aioredis.Redis, audio_dir: Path
+) -> None:
+    """Only the caller speaks: the callee's empty finals move the checkpoint on, so a worker
+    taking over resumes near where the dead one stopped instead of replaying the whole call."""
+    script, duration_s = dentist(audio_dir)
+    caller_only = [t for t in script if t.channel == 0]
+    audio = call_audio(duration_s)
+    sid = sid_of(60)
+    events = redis.pubsub()
+    await events.subscribe(keys.CALL_EVENTS)
+    await add_call(redis, sid)
+    await add_audio(redis, sid, audio, to_s=22.0, eof=False)
+    async with FakeDeepgram(caller_only, reference=audio) as fake:
+        async with worker(redis_url, fake.url, consumer="a") as a:
+            async with asyncio.timeout(WAIT_S):
+                while len(await history(redis, sid)) < 2:
+                    await redis.xread({keys.transcript(sid): "$"}, block=1000)
+            a.cancel()  # dies without handing over
+        async with worker(redis_url, fake.url, consumer="b"):
+            await add_audio(redis, sid, audio, from_s=22.0)
+            await wait_messages(events, {sid}, "call_ended")
+    await events.aclose()
+    finals = await history(redis, sid)
+    assert [(e.channel, e.text) for e in finals] == [(0, t.text) for t in caller_only]
+    assert fake.connections[1].offset_s > 15.0, "resumed from the start: silence held it back"
