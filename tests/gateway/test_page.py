@@ -70,3 +70,24 @@ def test_page_renders_calls_and_switches_after_end_without_a_stale_unsubscribe()
         {"type": "subscribe", "call_sid": "CA2", "since": "0"},
     ]
     assert result["status"] == "Watching CA2"
+
+
+def test_page_opened_with_a_call_link_watches_that_call() -> None:
+    """``/?call=CA…`` (a link a supervisor can share) subscribes to that call with its history."""
+    node = shutil.which("node")
+    assert node is not None, "node is not installed (every machine of this project's kind has it)"
+    script = index_html().split("<script>")[1].split("</script>")[0]
+    harness = HARNESS.replace(
+        'global.location = { protocol: "http:", host: "gw:8080" };',
+        'global.location = { protocol: "https:", host: "gw", search: "?call=CA7" };',
+    ).split("const buttons")[0] + (
+        "console.log(JSON.stringify({ url: ws.url, sent: ws.sent,"
+        " status: els.status.textContent }));"
+    )
+    out = subprocess.run(
+        [node, "-e", harness, script], capture_output=True, text=True, timeout=30, check=True
+    )
+    result = json.loads(out.stdout)
+    assert result["url"] == "wss://gw/v1/ws"
+    assert {"type": "subscribe", "call_sid": "CA7", "since": "0"} in result["sent"]
+    assert result["status"] == "Watching CA7"
