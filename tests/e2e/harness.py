@@ -206,6 +206,6 @@ async def watch_v1(
             elif msg["type"] == "end":
                 got.ended = True
                 break
-            elif msg["type"] == "error":
+            elif msg["type"] == "error" and msg["code"] != "reconnecting":
                 raise AssertionError(f"gateway error: {msg}")
     return got
