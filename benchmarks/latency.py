@@ -11,6 +11,10 @@ arrived, so for every result::
 which covers ingest's frame and reorder wait, Redis, the transcriber's read, the Deepgram
 socket, publishing, the gateway and the client socket. Prints p50/p90/p99/max in ms for
 interim and final results. Run: ``.venv/bin/python benchmarks/latency.py --calls 5``.
+
+``--engine whisper`` measures the embedded engine instead: there ``end`` is where the speech
+of a final stopped, so a final's latency includes the silence that closes the utterance
+(``WHISPER_MIN_SILENCE_MS``) and the decoding; an interim's, the decoding of the open utterance.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ async def one_call(svc, n: int, tracks: list[bytes], speed: float) -> list[tuple
     return [(m["is_final"], at - (t0 + m["end"] / speed)) for at, m in got.arrival]
 
 
-async def main(calls: int, speed: float, frame_ms: int) -> None:
+async def main(calls: int, speed: float, frame_ms: int, engine: str) -> None:
     """Run the pipeline once and print the latency figures."""
     wav = read_wav(AUDIO / "call_dentist.wav")
     tracks = [pcm16_to_ulaw(wav.samples[:, c]) for c in range(wav.channels)]
@@ -61,7 +65,7 @@ async def main(calls: int, speed: float, frame_ms: int) -> None:
     try:
         async with FakeDeepgram(script, api_key="k", endpointing_s=0.0) as fake:
             env = {
-                "ASR_ENGINE": "deepgram",
+                "ASR_ENGINE": engine,
                 "DEEPGRAM_URL": fake.url,
                 "DEEPGRAM_API_KEY": "k",
                 "FRAME_MS": str(frame_ms),
@@ -74,7 +78,7 @@ async def main(calls: int, speed: float, frame_ms: int) -> None:
                     )
     finally:
         redis.stop()
-    print(f"calls={calls} speed={speed} frame_ms={frame_ms}")
+    print(f"engine={engine} calls={calls} speed={speed} frame_ms={frame_ms}")
     for label, want in (("interim", False), ("final", True)):
         lat = [x * 1000 for r in results for f, x in r if f is want]
         if not lat:
@@ -92,5 +96,6 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--frame-ms", type=int, default=100)
+    parser.add_argument("--engine", choices=["deepgram", "whisper"], default="deepgram")
     args = parser.parse_args()
-    asyncio.run(main(args.calls, args.speed, args.frame_ms))
+    asyncio.run(main(args.calls, args.speed, args.frame_ms, args.engine))
