@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--gateway", default="ws://127.0.0.1:8080", help="gateway base or /v1/ws URL"
     )
-    watch.add_argument("--since", default=None, help="replay history after this ID (0 = all)")
+    watch.add_argument(
+        "--since", default=None, help="show finals after this history ID (default: the whole call)"
+    )
     watch.add_argument("--open-timeout-s", type=float, default=10.0, help="handshake timeout (s)")
     watch.add_argument(
         "--reconnects", type=int, default=5, help="lost connections to survive before giving up"

@@ -38,8 +38,8 @@ class WatchOptions:
     """How to watch.
 
     ``url``: the gateway's ``/v1/ws`` URL (``ws://host:8080/v1/ws``; a bare ``ws://host:8080``
-    gets ``/v1/ws`` appended). ``since``: a history ID to replay from (``"0"`` = everything);
-    None = live only for a call given by SID, ``"0"`` for a call followed from its start.
+    gets ``/v1/ws`` appended). ``since``: a history ID to replay from; None = the whole call
+    (``"0"``), whether it was given by SID or followed from its start.
     ``open_timeout_s``: WebSocket handshake and first answer. ``end_grace_s``: after
     ``call_ended`` without ``end``, how long to wait for it before exiting anyway.
     ``wait_for_start``: with ``call_sid``, subscribe only once that call is live (listed or
@@ -247,7 +247,8 @@ class Watcher:
             meta = st.live.get(st.target)
             if meta is None and self.options.wait_for_start:
                 return
-            await self._subscribe(ws, meta or CallMeta(call_sid=st.target), since=st.since)
+            # from the call's start, like the web page: a watcher sees the conversation so far
+            await self._subscribe(ws, meta or CallMeta(call_sid=st.target), since=st.since or "0")
             return
         if len(st.live) == 1:
             (meta,) = st.live.values()

@@ -139,3 +139,58 @@ async def test_watch_unreachable_gateway_fails_clearly() -> None:
     assert proc.returncode == 1
     assert "cannot reach the gateway" in out.decode()
     assert b"Traceback" not in err
+
+
+async def test_watch_survives_a_gateway_restart_without_gap_or_duplicate(
+    redis_url: str, redis
+) -> None:
+    """The gateway restarts mid-call (1012): watch reconnects, resumes since its last final, and
+    prints every final once, including the one published while no gateway was up."""
+    from tests.redis_server import free_port
+
+    port = free_port()
+    settings = GatewaySettings(host="127.0.0.1", port=port, redis_url=redis_url)
+
+    async def start_gateway() -> tuple[asyncio.Event, asyncio.Task[None]]:
+        stop = asyncio.Event()
+        bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(gateway_app.run(settings, stop=stop, bound=bound))
+        await asyncio.wait_for(bound, WAIT_S)
+        return stop, task
+
+    meta = CallMeta(call_sid=SID, stream_sid="MZ1", account_sid="AC1")
+    await _start_call(redis, meta)
+    stop, task = await start_gateway()
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", SID, "--gateway", f"ws://127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        seen = [await _readline(proc.stdout)]
+        assert f"watching call {SID}" in seen[-1]
+        await _publish_final(redis, _final(0, 0, 1.0, "Before the restart."))
+        seen.append(await _readline(proc.stdout))
+        assert "Before the restart." in seen[-1]
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+        await _publish_final(redis, _final(1, 1, 3.0, "While it was down."))
+        stop, task = await start_gateway()
+        notes = []
+        while "While it was down." not in (line := await _readline(proc.stdout)):
+            notes.append(line)
+        assert notes and all("reconnecting" in n for n in notes), notes
+        seen += [*notes, line]
+        await _publish_final(redis, _final(2, 0, 5.0, "After it came back."))
+        await _end_call(redis, meta)
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+    assert proc.returncode == 0, err.decode()
+    text = "".join(seen) + out.decode()
+    for line in ("Before the restart.", "While it was down.", "After it came back."):
+        assert text.count(line) == 1, text
