@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -17,7 +18,8 @@ T = TypeVar("T")
 
 
 class Backoff:
-    """Exponential delays with full jitter: ``base_s * 2**n``, at most ``cap_s``; reset on success."""
+    """Exponential delays with jitter: ``base_s * 2**n`` capped at ``cap_s`` (seconds), each
+    drawn between half and all of that; ``failures`` counts them until :meth:`reset`."""
 
     def __init__(self, base_s: float = 0.05, cap_s: float = 2.0) -> None:
         self.base_s = base_s
@@ -28,12 +30,30 @@ class Backoff:
         """A call succeeded: the next failure waits ``base_s`` again."""
         self.failures = 0
 
-    async def wait(self) -> float:
-        """Sleep the next delay (seconds, returned) and count the failure."""
+    def next_delay_s(self) -> float:
+        """Count one more failure and return how long to wait before the next try, s."""
         delay: float = min(self.cap_s, self.base_s * 2.0**self.failures) * random.uniform(0.5, 1.0)
         self.failures += 1
+        return delay
+
+    async def wait(self) -> float:
+        """Sleep the next delay (seconds, returned) and count the failure."""
+        delay = self.next_delay_s()
         await asyncio.sleep(delay)
         return delay
+
+    async def retry_after(
+        self, exc: BaseException, logger: logging.Logger, msg: str, **extra: object
+    ) -> None:
+        """Log one warning line for a failure (``error``, ``retry_in_s``, ``extra``), then wait.
+
+        The line goes out before the wait, so it says when the next try will be.
+        """
+        delay = self.next_delay_s()
+        logger.warning(
+            msg, extra={**extra, "error": exc.__class__.__name__, "retry_in_s": round(delay, 3)}
+        )
+        await asyncio.sleep(delay)
 
 
 async def cmd(awaitable: Awaitable[T]) -> T:

@@ -224,11 +224,7 @@ class CallPipeline:
                     return "drop"
                 break
             except REDIS_FAILURES as exc:
-                log.warning(
-                    "redis unavailable",
-                    extra={"call_sid": self.sid, "error": exc.__class__.__name__},
-                )
-                await backoff.wait()
+                await backoff.retry_after(exc, log, "redis unavailable", call_sid=self.sid)
         try:
             self.meta = CallMeta.from_redis(fields)
         except ValueError:
@@ -294,11 +290,7 @@ class CallPipeline:
                     result: list[Any] = await pipe.execute()
                     return result
             except REDIS_FAILURES as exc:
-                log.warning(
-                    "redis unavailable",
-                    extra={"call_sid": self.sid, "error": exc.__class__.__name__},
-                )
-                await backoff.wait()
+                await backoff.retry_after(exc, log, "redis unavailable", call_sid=self.sid)
 
     # ------------------------------------------------------------------ results
 
@@ -375,11 +367,7 @@ class CallPipeline:
                     result = await pipe.execute()
                 return _s(result[0])
             except REDIS_FAILURES as exc:
-                log.warning(
-                    "redis unavailable",
-                    extra={"call_sid": self.sid, "error": exc.__class__.__name__},
-                )
-                await backoff.wait()
+                await backoff.retry_after(exc, log, "redis unavailable", call_sid=self.sid)
                 stored = await self._stored_id(event)
                 if stored is not None:
                     return stored

@@ -21,7 +21,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import random
 import time
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -38,9 +37,13 @@ from services.transcriber.dgproto import (
 from services.transcriber.engine import CallAudio, OnResult
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
+from shared.retry import Backoff
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
+
+RECONNECT_MAX_S = 5.0
+"""Longest wait between two reconnects of one session, s."""
 
 FINAL_STATUSES = frozenset({400, 401, 402, 403, 404})
 """Handshake statuses that will fail again: never retried."""
@@ -118,7 +121,7 @@ class DeepgramSession:
         self._finishing = False
         self._closing = False  # CloseStream sent on this connection: a close is expected
         self._last_sent = time.monotonic()
-        self._retries = 0
+        self._retry = Backoff(engine.backoff_s, RECONNECT_MAX_S)  # failures = retries so far
         self._connections = 0
         self._error: AsrError | None = None
         self._connected = asyncio.Event()
@@ -203,28 +206,19 @@ class DeepgramSession:
                     if await self._connection():
                         return
                 except _Dropped as exc:
-                    reason = str(exc)
+                    failure: Exception = exc
                 except AsrError as exc:
                     if not exc.retryable:
                         raise
-                    reason = str(exc)
-                self._retries += 1
-                if self._retries > self._engine.settings.max_retries:
+                    failure = exc
+                if self._retry.failures >= self._engine.settings.max_retries:
                     raise AsrError(
-                        f"deepgram: gave up after {self._retries - 1} retries", retryable=False
+                        f"deepgram: gave up after {self._retry.failures} retries", retryable=False
                     )
-                delay = min(self._engine.backoff_s * 2 ** (self._retries - 1), 5.0)
-                delay *= random.uniform(0.5, 1.0)
-                log.warning(
-                    "deepgram reconnect",
-                    extra={
-                        "call_sid": sid,
-                        "reason": reason,
-                        "retry": self._retries,
-                        "delay_s": round(delay, 3),
-                    },
-                )
-                await asyncio.sleep(delay)
+                await self._retry.retry_after(
+                    failure, log, "deepgram reconnect", call_sid=sid, reason=str(failure),
+                    retry=self._retry.failures + 1,
+                )  # fmt: skip
         except AsrError as exc:
             self._error = exc
             log.error("deepgram failed", extra={"call_sid": sid, "reason": str(exc)})
@@ -368,7 +362,7 @@ class DeepgramSession:
             self._final_end_s[channel] = max(self._final_end_s[channel], end_s)
             self._trim_replay()
             if event is not None:
-                self._retries = 0
+                self._retry.reset()
         if event is not None:
             await self._on_result(event)
 

@@ -189,15 +189,7 @@ class Worker:
                 ):
                     group_ready = False
                     cursor = "0-0"
-                delay = await backoff.wait()
-                log.warning(
-                    "redis unavailable",
-                    extra={
-                        "loop": "claim",
-                        "error": exc.__class__.__name__,
-                        "retry_in_s": round(delay, 3),
-                    },
-                )
+                await backoff.retry_after(exc, log, "redis unavailable", loop="claim")
 
     async def _take(
         self, job_id: bytes, fields: dict[bytes, bytes] | None, *, reclaimed: bool
@@ -267,15 +259,7 @@ class Worker:
                 backoff.reset()
                 await asyncio.sleep(self.settings.lease_renew_s)
             except REDIS_FAILURES as exc:
-                delay = await backoff.wait()
-                log.warning(
-                    "redis unavailable",
-                    extra={
-                        "loop": "lease",
-                        "error": exc.__class__.__name__,
-                        "retry_in_s": round(delay, 3),
-                    },
-                )
+                await backoff.retry_after(exc, log, "redis unavailable", loop="lease")
 
     async def _renew(self) -> None:
         """Re-claim our pending jobs; abandon the calls whose job another worker took."""
@@ -335,15 +319,7 @@ class Worker:
                 resp = await cmd(self.redis.xread(streams, count=READ_COUNT, block=block_ms))
                 backoff.reset()
             except REDIS_FAILURES as exc:
-                delay = await backoff.wait()
-                log.warning(
-                    "redis unavailable",
-                    extra={
-                        "loop": "audio",
-                        "error": exc.__class__.__name__,
-                        "retry_in_s": round(delay, 3),
-                    },
-                )
+                await backoff.retry_after(exc, log, "redis unavailable", loop="audio")
                 continue
             for stream, entries in resp or []:
                 sid = _s(stream).split("{", 1)[1].split("}", 1)[0]
