@@ -51,5 +51,5 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "websockets", "faster_whisper", "httpx"):
+    for noisy in ("aiohttp.access", "aiohttp.server", "websockets", "faster_whisper", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

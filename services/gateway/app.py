@@ -1,4 +1,4 @@
-"""The gateway service: a Starlette app (HTTP + two WebSocket protocols) over one :class:`Hub`.
+"""The gateway service: an aiohttp app (HTTP + two WebSocket protocols) over one :class:`Hub`.
 
 ``run(settings, stop=..., bound=...)`` serves until ``stop`` is set, then closes every client
 with 1012 (service restart), stops the server and the hub, and logs one summary line. It holds
@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from starlette.applications import Starlette
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from aiohttp import web
 
 from services.gateway import rest
 from services.gateway.clients import Gateway, json_endpoint, tutorial_endpoint
 from services.gateway.connection import Connections
 from services.gateway.hub import Hub
 from services.gateway.outbox import CLOSE_RESTART
-from shared.service import serve_asgi
+from shared.service import serving
 from shared.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -38,28 +36,25 @@ def make_hub(settings: GatewaySettings) -> Hub:
     )
 
 
-def build_app(gateway: Gateway) -> Starlette:
-    """The ASGI app of one gateway instance."""
+def build_app(gateway: Gateway) -> web.Application:
+    """The web app of one gateway instance."""
 
-    async def client_ws(ws: WebSocket) -> None:
-        await tutorial_endpoint(ws, gateway)
+    async def client_ws(request: web.Request) -> web.StreamResponse:
+        return await tutorial_endpoint(request, gateway)
 
-    async def v1_ws(ws: WebSocket) -> None:
-        await json_endpoint(ws, gateway)
+    async def v1_ws(request: web.Request) -> web.StreamResponse:
+        return await json_endpoint(request, gateway)
 
-    app = Starlette(
-        routes=[
-            Route("/", rest.index),
-            Route("/healthz", rest.healthz),
-            Route("/v1/calls", rest.list_calls),
-            Route("/v1/calls/{sid}", rest.get_call),
-            Route("/v1/calls/{sid}/transcript", rest.get_transcript),
-            WebSocketRoute("/client", client_ws),
-            WebSocketRoute("/v1/ws", v1_ws),
-        ]
-    )
-    app.state.gateway = gateway
-    app.state.index_html = rest.index_html()
+    app = web.Application()
+    app[rest.GATEWAY] = gateway
+    app[rest.INDEX_HTML] = rest.index_html()
+    app.router.add_get("/", rest.index)
+    app.router.add_get("/healthz", rest.healthz)
+    app.router.add_get("/v1/calls", rest.list_calls)
+    app.router.add_get("/v1/calls/{sid}", rest.get_call)
+    app.router.add_get("/v1/calls/{sid}/transcript", rest.get_transcript)
+    app.router.add_get("/client", client_ws)
+    app.router.add_get("/v1/ws", v1_ws)
     return app
 
 
@@ -79,30 +74,17 @@ async def run(
     hub = make_hub(settings)
     gateway = Gateway(settings=settings, hub=hub, connections=Connections())
     app = build_app(gateway)
-    server_stop = asyncio.Event()
     closed = 0
     try:
         async with asyncio.TaskGroup() as tg:
             hub_task = tg.create_task(hub.run(), name="gateway-hub")
-            http = tg.create_task(
-                serve_asgi(
-                    app,
-                    host=settings.host,
-                    port=settings.port,
-                    stop=server_stop,
-                    bound=bound,
-                    name="gateway",
-                ),
-                name="gateway-http",
-            )
-            stopping = tg.create_task(stop.wait(), name="gateway-stop")
-            await asyncio.wait({http, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            closed = await gateway.connections.close_all(
-                CLOSE_RESTART, "service restart", settings.send_timeout_s
-            )
-            server_stop.set()
-            stopping.cancel()
-            await http
+            async with serving(
+                app, host=settings.host, port=settings.port, bound=bound, name="gateway"
+            ):
+                await stop.wait()
+                closed = await gateway.connections.close_all(
+                    CLOSE_RESTART, "service restart", settings.send_timeout_s
+                )
             hub_task.cancel()
     except* OSError as group:
         raise group.exceptions[0] from None

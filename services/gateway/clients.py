@@ -26,7 +26,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from starlette.websockets import WebSocket
+from aiohttp import WSMsgType, web
 
 from services.gateway import store
 from services.gateway.connection import Connections, serve_connection
@@ -58,20 +58,41 @@ class Gateway:
     connections: Connections
 
 
-def _text(message: dict[str, object]) -> str | None:
-    """The text of a ``websocket.receive`` message (binary frames decoded as UTF-8)."""
-    text = message.get("text")
-    if isinstance(text, str):
-        return text
-    data = message.get("bytes")
-    if isinstance(data, bytes):
-        return data.decode("utf-8", errors="replace")
+HEARTBEAT_S = 20.0
+"""Ping interval of client WebSockets; a peer that does not answer within half of it is gone."""
+
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
+"""Largest message a client may send (a subscribe is under 200 bytes); larger closes with 1009."""
+
+_DISCONNECT = object()
+"""What :func:`_receive_text` returns once the client has gone or closed."""
+
+
+async def _receive_text(ws: web.WebSocketResponse) -> str | object | None:
+    """The next message's text (binary frames decoded as UTF-8), ``None`` for a frame that
+    carries no text, or :data:`_DISCONNECT` once the client closed or the connection failed."""
+    message = await ws.receive()
+    if message.type is WSMsgType.TEXT:
+        return str(message.data)
+    if message.type is WSMsgType.BINARY:
+        return bytes(message.data).decode("utf-8", errors="replace")
+    if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+        return _DISCONNECT
     return None
 
 
-async def tutorial_endpoint(ws: WebSocket, gw: Gateway) -> None:
+async def accept(request: web.Request) -> web.WebSocketResponse:
+    """Complete the WebSocket handshake of a client request (pings every :data:`HEARTBEAT_S`)."""
+    ws = web.WebSocketResponse(
+        heartbeat=HEARTBEAT_S, max_msg_size=MAX_CLIENT_MESSAGE_BYTES, compress=False
+    )
+    await ws.prepare(request)
+    return ws
+
+
+async def tutorial_endpoint(request: web.Request, gw: Gateway) -> web.WebSocketResponse:
     """``/client``: the tutorial's protocol, unchanged (see the module docstring)."""
-    await ws.accept()
+    ws = await accept(request)
     outbox = Outbox(gw.settings.client_queue_max)
     gw.connections.add(outbox)
     sub: list[CallSubscriber] = []
@@ -83,9 +104,8 @@ async def tutorial_endpoint(ws: WebSocket, gw: Gateway) -> None:
             outbox.close(CLOSE_INTERNAL, "redis unavailable", drain=False)
             return
         outbox.put(json.dumps(sids))
-        message = await ws.receive()
-        text = _text(message)
-        if text is None:
+        text = await _receive_text(ws)
+        if not isinstance(text, str):
             return
         call_sid = text.strip()
         if not _CALL_SID.fullmatch(call_sid):
@@ -101,7 +121,7 @@ async def tutorial_endpoint(ws: WebSocket, gw: Gateway) -> None:
         except RedisUnavailable:
             outbox.close(CLOSE_INTERNAL, "redis unavailable", drain=False)
             return
-        while (await ws.receive())["type"] != "websocket.disconnect":
+        while await _receive_text(ws) is not _DISCONNECT:
             pass  # the tutorial's clients send nothing more; ignore it if they do
 
     try:
@@ -115,11 +135,12 @@ async def tutorial_endpoint(ws: WebSocket, gw: Gateway) -> None:
     finally:
         for s in sub:
             gw.hub.detach(s)
+    return ws
 
 
-async def json_endpoint(ws: WebSocket, gw: Gateway) -> None:
+async def json_endpoint(request: web.Request, gw: Gateway) -> web.WebSocketResponse:
     """``/v1/ws``: the JSON protocol (see the module docstring)."""
-    await ws.accept()
+    ws = await accept(request)
     outbox = Outbox(gw.settings.client_queue_max)
     gw.connections.add(outbox)
     session = _JsonSession(gw, outbox)
@@ -133,6 +154,7 @@ async def json_endpoint(ws: WebSocket, gw: Gateway) -> None:
         )
     finally:
         session.detach_all()
+    return ws
 
 
 class _JsonSession:
@@ -160,15 +182,14 @@ class _JsonSession:
         if self.subs.get(sub.call_sid) is sub:
             del self.subs[sub.call_sid]
 
-    async def read(self, ws: WebSocket) -> None:
+    async def read(self, ws: web.WebSocketResponse) -> None:
         errors = 0
         while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
+            text = await _receive_text(ws)
+            if text is _DISCONNECT:
                 return
-            text = _text(message)
             try:
-                if text is None:
+                if not isinstance(text, str):
                     raise ClientMessageError("bad_json", "messages must be JSON objects")
                 await self._handle(text)
                 errors = 0

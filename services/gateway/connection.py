@@ -15,9 +15,15 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from starlette.websockets import WebSocket
+from aiohttp import web
 
-from services.gateway.outbox import CLOSE_TRY_LATER, SLOW_REASON, CloseRequest, Outbox
+from services.gateway.outbox import (
+    CLOSE_INTERNAL,
+    CLOSE_TRY_LATER,
+    SLOW_REASON,
+    CloseRequest,
+    Outbox,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ class Connections:
 
 
 async def serve_connection(
-    ws: WebSocket,
+    ws: web.WebSocketResponse,
     outbox: Outbox,
     reader: Coroutine[Any, Any, None],
     *,
@@ -73,7 +79,7 @@ async def serve_connection(
     """Run sender and ``reader`` until one ends, then close ``ws`` as asked (bounded by
     ``send_timeout_s``). The reader returns when the client disconnects; it may also ask for a
     close through ``outbox.close``. Never raises for a peer's failure."""
-    pump = asyncio.create_task(outbox.pump(ws.send_text, send_timeout_s), name="ws-send")
+    pump = asyncio.create_task(outbox.pump(ws.send_str, send_timeout_s), name="ws-send")
     read = asyncio.create_task(reader, name="ws-read")
     closer = asyncio.create_task(outbox.wait_closing(), name="ws-close")
     request: CloseRequest | None = None
@@ -97,17 +103,25 @@ async def serve_connection(
         tasks = (pump, read, closer)
         for task in tasks:
             task.cancel()
+        if request is not None and request.code == CLOSE_TRY_LATER:
+            connections.slow_closed += 1
+            log.warning(
+                "slow client disconnected",
+                extra={"call_sid": call_sid, "dropped": outbox.dropped, "sent": outbox.sent},
+            )
+        if not ws.closed:
+            # Closing before awaiting the tasks also ends a reader whose cancellation a library
+            # swallowed: its pending receive gets the closing message.
+            await _close(ws, request or CloseRequest(CLOSE_INTERNAL, "", False), send_timeout_s)
         await asyncio.wait(tasks)
         for task in tasks:
             if not task.cancelled():
                 task.exception()  # retrieved: peer failures are expected here
-    if request is not None and request.code == CLOSE_TRY_LATER:
-        connections.slow_closed += 1
-        log.warning(
-            "slow client disconnected",
-            extra={"call_sid": call_sid, "dropped": outbox.dropped, "sent": outbox.sent},
-        )
-    if request is not None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(send_timeout_s):
-                await ws.close(request.code, request.reason)
+
+
+async def _close(ws: web.WebSocketResponse, request: CloseRequest, timeout_s: float) -> None:
+    """Close ``ws`` as ``request`` says, waiting at most ``timeout_s`` for the peer."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            # Not drained: a slow client's buffer may never empty; the close frame follows it.
+            await ws.close(code=request.code, message=request.reason.encode(), drain=False)

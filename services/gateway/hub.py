@@ -43,7 +43,7 @@ from services.gateway.subscribers import (
 from shared import keys
 from shared.errors import ClientMessageError, RedisUnavailable
 from shared.redisconn import connect, stream_id_tuple
-from shared.retry import REDIS_FAILURES, Backoff
+from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.schema import ErrorEvent
 
 log = logging.getLogger(__name__)
@@ -216,9 +216,9 @@ class Hub:
             try:
                 async with asyncio.timeout(self.redis_timeout_s):
                     if verb == "subscribe":
-                        await ps.subscribe(name)
+                        await cmd(ps.subscribe(name))
                     else:
-                        await ps.unsubscribe(name)
+                        await cmd(ps.unsubscribe(name))
             except _REDIS_ERRORS as exc:
                 log.warning("pubsub command failed", extra={"error": exc.__class__.__name__})
                 if ps is self._pubsub:
@@ -234,12 +234,12 @@ class Hub:
             try:
                 names = list(self._channels)
                 async with asyncio.timeout(self.redis_timeout_s):
-                    await ps.connect()
+                    await cmd(ps.connect())
                     self._inflight.clear()
                     self._inflight.update(names)
                     if names:
-                        await ps.subscribe(*names)
-                    await ps.ping()
+                        await cmd(ps.subscribe(*names))
+                    await cmd(ps.ping())
                 self._pubsub, self._broken = ps, False
                 self._reconcile(names)
                 self.connected.set()
@@ -287,7 +287,7 @@ class Hub:
         while True:
             if self._broken:
                 raise RedisError("a pub/sub command failed")
-            msg = await ps.get_message(timeout=poll_s)
+            msg = await cmd(ps.get_message(timeout=poll_s))
             now = loop.time()
             if msg is not None:
                 last_seen = now

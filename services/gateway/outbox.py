@@ -16,7 +16,7 @@ The policy (DESIGN.md, "Delivery promises": interims may be dropped under load, 
 * A send that takes longer than ``send_timeout_s`` disconnects the client with 1013 as well.
 
 Memory per client is therefore bounded by ``maxlen`` messages plus the transport's own buffer
-(uvicorn pauses writes at its high-water mark). Cf. django/channels_redis ``BoundedQueue`` and
+(aiohttp waits for the transport to drain past its high-water mark). Cf. django/channels_redis ``BoundedQueue`` and
 https://websockets.readthedocs.io/en/stable/topics/broadcast.html.
 """
 

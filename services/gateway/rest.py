@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from aiohttp import web
 
 from services.gateway import store
 from services.gateway.clients import Gateway
@@ -26,11 +25,22 @@ _SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(ErrorEvent(code=code, message=message).model_dump(), status_code=status)
+GATEWAY = web.AppKey("gateway", Gateway)
+"""Where the app keeps its :class:`Gateway`."""
+
+INDEX_HTML = web.AppKey("index_html", str)
+"""Where the app keeps the web page's text."""
 
 
-def _unavailable() -> JSONResponse:
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json(ErrorEvent(code=code, message=message).model_dump(), status)
+
+
+def _unavailable() -> web.Response:
     return _error(503, "unavailable", "Redis is unavailable; try again shortly")
 
 
@@ -39,20 +49,20 @@ def index_html() -> str:
     return resources.files("services.gateway").joinpath("static/index.html").read_text("utf-8")
 
 
-async def list_calls(request: Request) -> Response:
+async def list_calls(request: web.Request) -> web.Response:
     """``GET /v1/calls``: the active calls' metadata, a JSON list."""
-    gw: Gateway = request.app.state.gateway
+    gw = request.app[GATEWAY]
     try:
         calls = await store.active_calls(gw.hub.redis, gw.hub.redis_timeout_s)
     except RedisUnavailable:
         return _unavailable()
-    return JSONResponse([c.model_dump(mode="json", by_alias=True) for c in calls])
+    return _json([c.model_dump(mode="json", by_alias=True) for c in calls])
 
 
-async def get_call(request: Request) -> Response:
+async def get_call(request: web.Request) -> web.Response:
     """``GET /v1/calls/{sid}``: one call's metadata, 404 when unknown."""
-    gw: Gateway = request.app.state.gateway
-    sid = request.path_params["sid"]
+    gw = request.app[GATEWAY]
+    sid = request.match_info["sid"]
     if not _SID.match(sid):
         return _error(404, "unknown_call", "no such call")
     try:
@@ -61,15 +71,15 @@ async def get_call(request: Request) -> Response:
         return _unavailable()
     if meta is None:
         return _error(404, "unknown_call", "no such call")
-    return JSONResponse(meta.model_dump(mode="json", by_alias=True))
+    return _json(meta.model_dump(mode="json", by_alias=True))
 
 
-async def get_transcript(request: Request) -> Response:
+async def get_transcript(request: web.Request) -> web.Response:
     """``GET /v1/calls/{sid}/transcript[?since=ID]``: finals after ``since`` (default all), each
     a ``transcript`` event with its ``id``; 404 when the call is unknown."""
-    gw: Gateway = request.app.state.gateway
-    sid = request.path_params["sid"]
-    since = request.query_params.get("since") or "0"
+    gw = request.app[GATEWAY]
+    sid = request.match_info["sid"]
+    since = request.query.get("since") or "0"
     if not _STREAM_ID.match(since) or since == "$":
         return _error(400, "bad_request", "since must be a stream ID like 1700000000000-0")
     if not _SID.match(sid):
@@ -93,12 +103,12 @@ async def get_transcript(request: Request) -> Response:
                 break
     except RedisUnavailable:
         return _unavailable()
-    return JSONResponse(events)
+    return _json(events)
 
 
-async def healthz(request: Request) -> Response:
+async def healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: 200 ``{"status": "ok", "redis": true, ...}``, 503 when Redis is down."""
-    gw: Gateway = request.app.state.gateway
+    gw = request.app[GATEWAY]
     redis_ok = True
     try:
         async with store.redis_op(gw.hub.redis_timeout_s):
@@ -113,9 +123,9 @@ async def healthz(request: Request) -> Response:
         "channels": gw.hub.subscribed_channels,
         "slow_clients_closed": gw.connections.slow_closed,
     }
-    return JSONResponse(body, status_code=200 if redis_ok else 503)
+    return _json(body, 200 if redis_ok else 503)
 
 
-async def index(request: Request) -> Response:
+async def index(request: web.Request) -> web.Response:
     """``GET /``: the web page that lists live calls and shows one."""
-    return HTMLResponse(request.app.state.index_html)
+    return web.Response(text=request.app[INDEX_HTML], content_type="text/html")

@@ -22,16 +22,12 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from aiohttp import WSMsgType, web
 
 from shared.errors import TwilioMessageError
 from shared.redisconn import connect
 from shared.schema import AudioFrame
-from shared.service import serve_asgi
+from shared.service import serving
 from shared.settings import IngestSettings
 
 from .publisher import Publisher
@@ -50,14 +46,31 @@ HEALTH_PING_TIMEOUT_S = 1.0
 """How long ``/healthz`` waits for Redis to answer PING, s."""
 
 
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_RESTART = 1012
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""Largest WebSocket message accepted on ``/twilio``; a media message is about 300 bytes."""
+
+
 class _Connection:
-    """One ``/twilio`` socket: its stream state and the bad input it sent."""
+    """One ``/twilio`` socket: its stream state, the bad input it sent, and how much arrived.
 
-    __slots__ = ("errors", "stream")
+    ``received`` counts messages; the idle watchdog compares it between its rounds instead of
+    rescheduling a timer per message.
+    """
 
-    def __init__(self, stream: TwilioStream) -> None:
+    __slots__ = ("errors", "idle", "quiet_since", "received", "seen", "stream", "ws")
+
+    def __init__(self, stream: TwilioStream, ws: web.WebSocketResponse, now: float) -> None:
         self.stream = stream
+        self.ws = ws
         self.errors: Counter[str] = Counter()
+        self.received = 0
+        self.seen = 0
+        self.quiet_since = now
+        self.idle = False
 
 
 class Ingest:
@@ -71,16 +84,15 @@ class Ingest:
         self.publisher = publisher
         self.auth = TwilioAuth(settings)
         self._open: dict[int, _Connection] = {}
+        self._closers: set[asyncio.Task[None]] = set()
         self.calls_started = 0
         self.calls_ended = 0
         self.bad_input = 0
-        self.app = Starlette(
-            routes=[
-                WebSocketRoute(STREAM_PATH, self.twilio_ws),
-                Route("/twiml", self.twiml, methods=["GET", "POST"]),
-                Route("/healthz", self.healthz, methods=["GET"]),
-            ]
-        )
+        self.app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+        self.app.router.add_get(STREAM_PATH, self.twilio_ws)
+        self.app.router.add_route("GET", "/twiml", self.twiml)
+        self.app.router.add_route("POST", "/twiml", self.twiml)
+        self.app.router.add_get("/healthz", self.healthz)
 
     @property
     def live_calls(self) -> int:
@@ -89,11 +101,11 @@ class Ingest:
 
     # ------------------------------------------------------------------ routes
 
-    async def twiml(self, request: Request) -> Response:
+    async def twiml(self, request: web.Request) -> web.Response:
         """The voice webhook."""
         return await voice_webhook(request, self.settings, self.auth)
 
-    async def healthz(self, request: Request) -> Response:
+    async def healthz(self, request: web.Request) -> web.Response:
         """200 ``{"status": "ok", …}`` when Redis answers PING, else 503."""
         ok = await self.publisher.ping(HEALTH_PING_TIMEOUT_S)
         body = {
@@ -103,68 +115,88 @@ class Ingest:
             "dropped_frames": self.publisher.dropped_frames,
             "pending": self.publisher.pending,
         }
-        return JSONResponse(body, status_code=200 if ok else 503)
+        return web.json_response(body, status=200 if ok else 503)
 
-    async def twilio_ws(self, ws: WebSocket) -> None:
-        """Serve one Twilio Media Stream until ``stop``, a close, or unusable media format."""
-        if not self.auth.check_ws(ws):
-            log.warning("stream signature refused", extra={"client": _peer(ws)})
-            await ws.close(code=1008)  # before accept: uvicorn answers HTTP 403
-            return
-        await ws.accept()
+    async def twilio_ws(self, request: web.Request) -> web.StreamResponse:
+        """Serve one Twilio Media Stream until ``stop``, a close, idleness or unusable media
+        format. A handshake without a valid signature gets HTTP 403."""
+        if not self.auth.check_ws(request):
+            log.warning("stream signature refused", extra={"client": request.remote or "?"})
+            return web.Response(status=403, text="invalid Twilio signature\n")
+        # No heartbeat: Twilio sends 50 packets a second per track, silence included, so the
+        # idle watchdog (one task for all streams) finds a dead peer without a timer per message.
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False)
+        await ws.prepare(request)
         conn = _Connection(
             TwilioStream(
                 frame_ms=self.settings.frame_ms,
                 reorder_ms=self.settings.reorder_ms,
                 max_gap_ms=self.settings.max_gap_ms,
-            )
+            ),
+            ws,
+            asyncio.get_running_loop().time(),
         )
         self._open[id(conn)] = conn
-        reason = "idle"
+        reason = "disconnect"
         try:
             reason = await self._read(ws, conn)
-        except TimeoutError:
-            log.warning(
-                "stream idle: closing",
-                extra={
-                    "call_sid": conn.stream.call_sid or "-",
-                    "idle_s": self.settings.stream_idle_s,
-                },
-            )
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    await ws.close(code=1001, reason="idle")
         finally:
-            self._end(conn, reason)
+            self._end(conn, "idle" if conn.idle else reason)
+        return ws
 
-    async def _read(self, ws: WebSocket, conn: _Connection) -> str:
-        """Read one stream to its end; the reason it ended.
+    async def _read(self, ws: web.WebSocketResponse, conn: _Connection) -> str:
+        """Read one stream to its end; the reason it ended (``disconnect`` or an error code)."""
+        stream = conn.stream
+        async for message in ws:
+            conn.received += 1
+            if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
+                raw = message.data
+            else:  # ERROR: the reader failed (oversized or malformed frame); aiohttp closes
+                return "disconnect"
+            try:
+                actions = stream.feed(raw)
+            except TwilioMessageError as exc:
+                self._bad_input(conn, exc)
+                if exc.code in FATAL_CODES:
+                    await ws.close(code=CLOSE_UNSUPPORTED, message=exc.code.encode())
+                    return exc.code
+                continue
+            if actions:
+                self._publish(conn, actions)
+        return "disconnect"
 
-        Raises:
-            TimeoutError: nothing arrived for ``stream_idle_s`` (Twilio sends 50 packets a
-                second per track, silence included: the peer is gone).
-        """
-        loop = asyncio.get_running_loop()
+    async def watch_idle(self) -> None:
+        """Close every ``/twilio`` socket that sent nothing for ``stream_idle_s`` (1001), for
+        ever; a quarter of that period (at most 1 s) apart. Its stream ends with reason
+        ``idle``."""
         idle_s = self.settings.stream_idle_s
-        async with asyncio.timeout(idle_s) as idle:
-            while True:
-                message = await ws.receive()
-                idle.reschedule(loop.time() + idle_s)
-                if message["type"] == "websocket.disconnect":
-                    return "disconnect"
-                raw = message.get("text")
-                if raw is None:
-                    raw = message.get("bytes") or b""
-                try:
-                    actions = conn.stream.feed(raw)
-                except TwilioMessageError as exc:
-                    self._bad_input(conn, exc)
-                    if exc.code in FATAL_CODES:
-                        await ws.close(code=1003, reason=exc.code)
-                        return exc.code
-                    continue
-                if actions:
-                    self._publish(conn, actions)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, idle_s / 4))
+            now = loop.time()
+            for conn in list(self._open.values()):
+                if conn.received != conn.seen:
+                    conn.seen = conn.received
+                    conn.quiet_since = now
+                elif now - conn.quiet_since >= idle_s and not conn.idle:
+                    conn.idle = True
+                    log.warning(
+                        "stream idle: closing",
+                        extra={"call_sid": conn.stream.call_sid or "-", "idle_s": idle_s},
+                    )
+                    task = asyncio.create_task(_close(conn.ws, CLOSE_GOING_AWAY, "idle"))
+                    self._closers.add(task)
+                    task.add_done_callback(self._closers.discard)
+
+    async def close_streams(self, timeout_s: float) -> None:
+        """Close every open ``/twilio`` socket with 1012 (service restart), waiting at most
+        ``timeout_s`` for the peers; their streams end as on a disconnect."""
+        conns = list(self._open.values())
+        if conns:
+            await asyncio.wait(
+                [asyncio.create_task(_close(c.ws, CLOSE_RESTART, "")) for c in conns],
+                timeout=timeout_s,
+            )
 
     # ------------------------------------------------------------------ helpers
 
@@ -235,8 +267,11 @@ class Ingest:
             )
 
 
-def _peer(ws: WebSocket) -> str:
-    return f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+    """Close ``ws`` with ``code``, at most 1 s for the peer's answer; never raises."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await ws.close(code=code, message=reason.encode())
 
 
 async def run(
@@ -247,8 +282,8 @@ async def run(
 ) -> None:
     """Serve ingest on ``settings.host:settings.port`` until ``stop`` is set.
 
-    ``bound`` receives the listening port (useful with port 0). On stop: uvicorn closes open
-    streams (1012), each open call's remaining audio and eof are queued, the publisher drains
+    ``bound`` receives the listening port (useful with port 0). On stop: open streams are
+    closed (1012), each open call's remaining audio and eof are queued, the publisher drains
     for at most :data:`DRAIN_GRACE_S`, and one summary line is logged.
 
     Raises:
@@ -266,14 +301,13 @@ async def run(
     try:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(publisher.run(), name="ingest-publisher")
-            await serve_asgi(
-                ingest.app,
-                host=settings.host,
-                port=settings.port,
-                stop=stop,
-                bound=bound,
-                name="ingest",
-            )
+            async with serving(
+                ingest.app, host=settings.host, port=settings.port, bound=bound, name="ingest"
+            ):
+                watchdog = tg.create_task(ingest.watch_idle(), name="ingest-idle")
+                await stop.wait()
+                watchdog.cancel()
+                await ingest.close_streams(DRAIN_GRACE_S)
             ingest.close_all("shutdown")
             publisher.close()
             done, _ = await asyncio.wait({writer}, timeout=DRAIN_GRACE_S)

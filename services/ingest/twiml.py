@@ -20,8 +20,7 @@ import logging
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlsplit
 
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import PlainTextResponse, Response
+from aiohttp import web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Start, Stream, VoiceResponse
 
@@ -56,7 +55,7 @@ def _http_scheme(scheme: str) -> str:
     return "https" if scheme in ("https", "wss") else "http"
 
 
-def base_url(conn: HTTPConnection, settings: IngestSettings) -> str:
+def base_url(conn: web.BaseRequest, settings: IngestSettings) -> str:
     """The public ``http(s)://host[/prefix]`` of ingest, without a trailing slash.
 
     ``PUBLIC_URL`` when set; else from the request: ``X-Forwarded-Proto``/``X-Forwarded-Host``
@@ -65,12 +64,12 @@ def base_url(conn: HTTPConnection, settings: IngestSettings) -> str:
     if settings.public_url:
         return settings.public_url.rstrip("/")
     headers = conn.headers
-    scheme = _first(headers.get("x-forwarded-proto")) or _http_scheme(conn.url.scheme)
-    host = _first(headers.get("x-forwarded-host")) or headers.get("host") or conn.url.netloc
+    scheme = _first(headers.get("x-forwarded-proto")) or _http_scheme(conn.scheme)
+    host = _first(headers.get("x-forwarded-host")) or conn.host
     return f"{_http_scheme(scheme)}://{host}"
 
 
-def stream_url(conn: HTTPConnection, settings: IngestSettings) -> str:
+def stream_url(conn: web.BaseRequest, settings: IngestSettings) -> str:
     """``wss://host[/prefix]/twilio`` (``ws://`` when the public URL is plain http)."""
     parts = urlsplit(base_url(conn, settings))
     return f"{_ws_scheme(parts.scheme)}://{parts.netloc}{parts.path}{STREAM_PATH}"
@@ -130,35 +129,37 @@ class TwilioAuth:
             return False
         return bool(self._validator.validate(url, dict(params), signature))
 
-    def check_http(self, request: Request, form: Mapping[str, str]) -> bool:
+    def check_http(self, request: web.BaseRequest, form: Mapping[str, str]) -> bool:
         """Is the webhook request signed? POST signs ``form``; GET signs no parameters."""
-        url = base_url(request, self._settings) + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
+        url = base_url(request, self._settings) + request.path
+        if request.query_string:
+            url += "?" + request.query_string
         params = form if request.method == "POST" else {}
         return self._verify(url, params, request.headers.get(SIGNATURE_HEADER))
 
-    def check_ws(self, conn: HTTPConnection) -> bool:
+    def check_ws(self, conn: web.BaseRequest) -> bool:
         """Is the WebSocket handshake signed for ``wss://HOST/twilio`` with no parameters?"""
         return self._verify(
             stream_url(conn, self._settings), {}, conn.headers.get(SIGNATURE_HEADER)
         )
 
 
-async def voice_webhook(request: Request, settings: IngestSettings, auth: TwilioAuth) -> Response:
+async def voice_webhook(
+    request: web.BaseRequest, settings: IngestSettings, auth: TwilioAuth
+) -> web.Response:
     """``GET``/``POST /twiml``: the TwiML that streams the call to us (403 if badly signed)."""
     form: dict[str, str] = {}
     if request.method == "POST":
         body = bytearray()
-        async for chunk in request.stream():  # read at most the limit, never the whole body
+        async for chunk in request.content.iter_any():  # at most the limit, never the whole body
             body += chunk
             if len(body) > MAX_WEBHOOK_BODY_BYTES:
-                return PlainTextResponse("request body too large\n", status_code=413)
+                return web.Response(text="request body too large\n", status=413)
         # Twilio posts application/x-www-form-urlencoded; last value wins for repeated names
         form = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
     if not auth.check_http(request, form):
         log.warning("webhook signature refused", extra={"method": request.method})
-        return PlainTextResponse("invalid Twilio signature\n", status_code=403)
-    params = form if request.method == "POST" else dict(request.query_params)
+        return web.Response(text="invalid Twilio signature\n", status=403)
+    params = form if request.method == "POST" else dict(request.query)
     xml = voice_response(stream_url(request, settings), params, settings.forward_to)
-    return Response(xml, media_type="application/xml")
+    return web.Response(text=xml, content_type="application/xml")

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from starlette.requests import Request
 from websockets.exceptions import InvalidStatus
 
 from callscribe.twilio_client import SimCall, sign, stream_call
-from services.ingest.twiml import MAX_WEBHOOK_BODY_BYTES, TwilioAuth, voice_webhook
+from services.ingest.twiml import MAX_WEBHOOK_BODY_BYTES
 from shared import keys
-from shared.settings import IngestSettings
 
 from .conftest import WAIT_S, read_audio
 
@@ -133,28 +132,31 @@ async def test_websocket_handshake_signature_without_public_url(
     assert frames[-1].eof and b"".join(f.pcmu for f in frames) == b"\x02" * 800
 
 
-async def test_oversized_webhook_body_is_refused_before_it_is_all_read() -> None:
-    """A POST body past MAX_WEBHOOK_BODY_BYTES gets 413 after reading about that much, not all."""
-    chunks = 0
+async def test_oversized_webhook_body_is_refused_before_it_is_all_read(ingest) -> None:
+    """A POST body past MAX_WEBHOOK_BODY_BYTES gets 413 after reading about that much, not all.
 
-    async def receive() -> dict[str, object]:  # an endless body, 4 KiB at a time
-        nonlocal chunks
-        chunks += 1
-        await asyncio.sleep(0)  # let the test's timeout fire if the body is read to its end
-        return {"type": "http.request", "body": b"a" * 4096, "more_body": True}
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/twiml",
-        "headers": [],
-        "query_string": b"",
-        "scheme": "http",
-        "server": ("127.0.0.1", 5000),
-        "root_path": "",
-    }
-    settings = IngestSettings(redis_url="memory://")
-    async with asyncio.timeout(2.0):
-        reply = await voice_webhook(Request(scope, receive), settings, TwilioAuth(settings))
-    assert reply.status_code == 413
-    assert chunks * 4096 <= MAX_WEBHOOK_BODY_BYTES + 4096
+    The client sends an endless chunked body, 4 KiB at a time, until the answer comes."""
+    async with ingest() as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /twiml HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"1000\r\n" + b"a" * 4096 + b"\r\n"
+        sent = 0
+        answer = asyncio.ensure_future(reader.readline())
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while not answer.done():
+                    writer.write(chunk)
+                    sent += 4096
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
+                    await asyncio.wait({answer}, timeout=0.001)
+                status = await answer
+        finally:
+            answer.cancel()
+            writer.close()
+    assert status.split()[1] == b"413"
+    assert sent <= MAX_WEBHOOK_BODY_BYTES + 64 * 4096  # the socket buffers hold a few chunks
