@@ -61,10 +61,17 @@ async def cmd(awaitable: Awaitable[T]) -> T:
 
     redis-py 8.1's single commands (PUBLISH, HGET…) sometimes return normally after the task was
     cancelled mid-command (pipelines and XREAD were not seen to), which would leave a cancelled
-    task running. ``Task.cancelling()`` still counts the request, so we raise it here.
+    task running; and a pub/sub command cancelled while its connection closes can turn the
+    cancellation into an ``AttributeError`` of its own. ``Task.cancelling()`` still counts the
+    request, so in both cases we raise ``CancelledError`` here.
     """
-    result = await awaitable
     task = asyncio.current_task()
+    try:
+        result = await awaitable
+    except Exception:
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError() from None
+        raise
     if task is not None and task.cancelling():
         raise asyncio.CancelledError()
     return result

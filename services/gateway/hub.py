@@ -219,7 +219,9 @@ class Hub:
                         await cmd(ps.subscribe(name))
                     else:
                         await cmd(ps.unsubscribe(name))
-            except _REDIS_ERRORS as exc:
+            except Exception as exc:
+                # Redis errors, and redis-py's own when the listener closed the connection under
+                # the command (AttributeError on its writer, seen at shutdown).
                 log.warning("pubsub command failed", extra={"error": exc.__class__.__name__})
                 if ps is self._pubsub:
                     self._broken = True
