@@ -25,9 +25,8 @@ from callscribe.twilio_client import SimCall, stream_call  # noqa: E402
 from shared import keys  # noqa: E402
 from shared.audio import pcm16_to_ulaw, read_wav  # noqa: E402
 from shared.redisconn import connect  # noqa: E402
+from tests import recordings  # noqa: E402
 from tests.redis_server import RedisServer, free_port  # noqa: E402
-
-AUDIO = ROOT.parent / "shared" / "audio"
 
 
 def cpu_s(pid: int) -> float:
@@ -38,7 +37,7 @@ def cpu_s(pid: int) -> float:
 
 async def sender(url: str, calls: int, first: int, speed: float) -> int:
     """Stream ``calls`` calls concurrently at ``speed`` (0 = as fast as possible); messages sent."""
-    wav = read_wav(AUDIO / "call_dentist.wav")
+    wav = read_wav(recordings.wav("call_dentist"))
     tracks = [pcm16_to_ulaw(wav.samples[:, c]) for c in range(wav.channels)]
     sims = [SimCall(tracks=tracks, call_sid=f"CAthru{first + i:028d}") for i in range(calls)]
     results = await asyncio.gather(*(stream_call(url, s, speed=speed) for s in sims))

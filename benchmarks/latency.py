@@ -31,11 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 from callscribe.twilio_client import SimCall, stream_call  # noqa: E402
 from shared.audio import pcm16_to_ulaw, read_wav  # noqa: E402
+from tests import recordings  # noqa: E402
 from tests.e2e.harness import run_services, wait_call_started, watch_v1  # noqa: E402
 from tests.fakes.deepgram import FakeDeepgram, turns_from_json  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
-
-AUDIO = ROOT.parent / "shared" / "audio"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,9 +56,9 @@ async def one_call(svc, n: int, tracks: list[bytes], speed: float) -> list[tuple
 
 async def main(calls: int, speed: float, frame_ms: int, engine: str) -> None:
     """Run the pipeline once and print the latency figures."""
-    wav = read_wav(AUDIO / "call_dentist.wav")
+    wav = read_wav(recordings.wav("call_dentist"))
     tracks = [pcm16_to_ulaw(wav.samples[:, c]) for c in range(wav.channels)]
-    script = turns_from_json(AUDIO / "call_dentist.json")
+    script = turns_from_json(recordings.DATA_DIR / "call_dentist.json")
     redis = RedisServer()
     redis.start()
     try:

@@ -1,6 +1,7 @@
 """CPU cost and event-loop responsiveness of the embedded Whisper engine on the recordings.
 
 Usage: ``.venv/bin/python benchmarks/whisper_engine.py [--audio-dir DIR] [--concurrent N]``
+(``--audio-dir``: where the WAVs are; by default the repository's test recordings, ``tests/data``.)
 
 Prints, per recording, CPU seconds per second of call audio (process CPU, all threads) with
 interims (``whisper_interim_s`` cadence) and finals only, fed as fast as the engine takes it;
@@ -11,17 +12,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from pathlib import Path
 
-from services.transcriber.engine import CallAudio
-from services.transcriber.whisper import WhisperEngine
-from shared.audio import interleave, pcm16_to_ulaw, read_wav
-from shared.schema import TranscriptEvent
-from shared.settings import TranscriberSettings
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.transcriber.engine import CallAudio  # noqa: E402
+from services.transcriber.whisper import WhisperEngine  # noqa: E402
+from shared.audio import interleave, pcm16_to_ulaw, read_wav  # noqa: E402
+from shared.schema import TranscriptEvent  # noqa: E402
+from shared.settings import TranscriberSettings  # noqa: E402
+from tests import recordings  # noqa: E402
 
 FRAME_MS = 100
-NAMES = ["call_dentist", "call_order_status", "librivox_sense_and_sensibility"]
+NAMES = list(recordings.NAMES)
+
+
+def wav_path(audio_dir: Path | None, name: str) -> Path:
+    """``<audio_dir>/<name>.wav``, or the repository's copy when ``audio_dir`` is None."""
+    return recordings.wav(name) if audio_dir is None else audio_dir / f"{name}.wav"
 
 
 def tracks_of(path: Path) -> list[bytes]:
@@ -59,7 +70,7 @@ async def max_stall_ms(stop: asyncio.Event) -> float:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--audio-dir", type=Path, default=Path("../shared/audio"))
+    parser.add_argument("--audio-dir", type=Path, default=None)
     parser.add_argument("--concurrent", type=int, default=3)
     args = parser.parse_args()
     settings = TranscriberSettings(asr_engine="whisper")
@@ -67,7 +78,7 @@ async def main() -> None:
         engine = WhisperEngine(settings, interim_max_lag_s=lag_s)
         await engine.models()
         for name in NAMES:
-            tracks = tracks_of(args.audio_dir / f"{name}.wav")
+            tracks = tracks_of(wav_path(args.audio_dir, name))
             audio_s = len(tracks[0]) / 8000
             cpu, wall = time.process_time(), time.monotonic()
             n = await feed(engine, name, tracks, realtime=False)
@@ -79,7 +90,7 @@ async def main() -> None:
         await engine.aclose()
     engine = WhisperEngine(settings)
     await engine.models()
-    tracks = tracks_of(args.audio_dir / "call_dentist.wav")
+    tracks = tracks_of(wav_path(args.audio_dir, "call_dentist"))
     stop = asyncio.Event()
     ticker = asyncio.create_task(max_stall_ms(stop))
     cpu, wall = time.process_time(), time.monotonic()

@@ -69,8 +69,8 @@ def load_tracks(paths: list[str | Path]) -> list[bytes]:
 def signature_url(public_url: str) -> str:
     """The URL Twilio signs for the stream handshake: ``https://h`` → ``wss://h/twilio``.
 
-    A URL that already has a path is kept (only its scheme becomes ws/wss). See DESIGN.md
-    ("PUBLIC_URL") and https://www.twilio.com/docs/usage/security#validating-requests.
+    A URL that already has a path is kept (only its scheme becomes ws/wss). See docs/protocol.md
+    ("WebSocket /twilio") and https://www.twilio.com/docs/usage/security#validating-requests.
     """
     scheme, sep, rest = public_url.partition("://")
     if not sep:

@@ -1,6 +1,6 @@
 """``callscribe watch``: follow one call's transcript in the terminal over the gateway's ``/v1/ws``.
 
-Protocol (DESIGN.md "Client interfaces", models in :mod:`shared.schema`): the client sends
+Protocol (docs/protocol.md, "WebSocket /v1/ws"; models in :mod:`shared.schema`): the client sends
 ``{"type": "list"}`` and gets ``{"type": "calls", "calls": [CallMeta…]}``, then
 ``call_started``/``call_ended`` pushes; it sends ``{"type": "subscribe", "call_sid", "since"}``
 and gets ``{"type": "subscribed"}``, the call's ``transcript`` events and finally ``end``.

@@ -1,4 +1,4 @@
-"""Every Redis key and channel name callscribe uses, in one place (DESIGN.md, "Redis keys").
+"""Every Redis key and channel name callscribe uses, in one place (docs/protocol.md, "Redis keys").
 
 All keys of one call carry the call's SID as a hash tag (``cs:{CA…}:…``) so that a Redis
 Cluster keeps a call on one shard.

@@ -6,8 +6,9 @@ Three families:
   Source: https://www.twilio.com/docs/voice/media-streams/websocket-messages. Numeric fields
   (``sequenceNumber``, ``chunk``, ``timestamp``) arrive as strings; the models turn them into ints.
 * Our events (what the transcriber publishes and the gateway forwards), dispatched on ``type``:
-  ``transcript``, ``call_started``, ``call_ended``, ``end``, ``error`` (DESIGN.md, "Events").
-* The ``/v1/ws`` client protocol (what a gateway client sends), dispatched on ``type``.
+  ``transcript``, ``call_started``, ``call_ended``, ``end``, ``error`` (docs/protocol.md, "Events").
+* The ``/v1/ws`` client protocol (what a gateway client sends), dispatched on ``type``
+  (docs/protocol.md, "WebSocket /v1/ws").
 
 The Redis field encoding of each model that lives in Redis sits next to the model, once.
 """

@@ -1,4 +1,4 @@
-"""One typed settings object per service, read from the environment (DESIGN.md, "Settings").
+"""One typed settings object per service, read from the environment (README.md, "Configuration").
 
 Every field reads the environment variable of the same name in upper case (``frame_ms`` ←
 ``FRAME_MS``). Units are in the names. Timeouts are settings so tests run in milliseconds.

@@ -9,11 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared.redisconn import connect
+from tests.recordings import DATA_DIR
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-AUDIO_DIR = ROOT.parent / "shared" / "audio"
-"""The project's recordings with reference transcripts (``../shared/audio`` beside the repo)."""
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +49,10 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 def audio_dir() -> Path:
-    """``../shared/audio``; fails (never skips) when the recordings are missing."""
-    assert AUDIO_DIR.is_dir(), f"recordings not found at {AUDIO_DIR}"
-    return AUDIO_DIR
+    """``tests/data``: the recordings' references (``<name>.json``, ``<name>.txt``) and WAVs.
+
+    Fails (never skips) when it is missing. Open a WAV with :func:`tests.recordings.wav`: the
+    demo's call lives in the package, not here.
+    """
+    assert DATA_DIR.is_dir(), f"recordings not found at {DATA_DIR}"
+    return DATA_DIR

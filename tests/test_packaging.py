@@ -10,18 +10,20 @@ from pathlib import Path
 import pytest
 
 from callscribe.demo import bundled_recording
+from tests import recordings
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLSCRIBE = str(Path(sys.executable).with_name("callscribe"))
-AUDIO = ROOT.parent / "shared" / "audio"
 
 
-def test_bundled_recording_is_the_project_recording_with_its_licence() -> None:
-    """callscribe/data holds call_dentist.wav (byte-identical) and a README giving source and licence."""
+def test_bundled_recording_is_the_test_recording_with_its_licence() -> None:
+    """The demo's call_dentist.wav is the one the tests score (references in tests/data); its
+    README gives source and licence."""
     wav = bundled_recording()
-    assert wav.read_bytes() == (AUDIO / "call_dentist.wav").read_bytes()
+    assert recordings.wav("call_dentist") == wav
+    assert recordings.reference("call_dentist")["duration"] > 27
     readme = (wav.parent / "README.md").read_text().lower()
-    for needle in ("source", "licence", "flite", "bsd", "made for this project"):
+    for needle in ("source", "licence", "flite", "bsd", "made for this project", "tests/data"):
         assert needle in readme
 
 

@@ -1,1 +1,4 @@
-"""The gateway: clients list live calls, subscribe to transcripts, read history (DESIGN.md)."""
+"""The gateway: clients list live calls, subscribe to transcripts, read history.
+
+The client interfaces are specified in docs/protocol.md, "Gateway client interfaces".
+"""

@@ -1,12 +1,13 @@
 """The two WebSocket client protocols: ``/client`` (the tutorial's) and ``/v1/ws`` (JSON).
 
-``/client`` (DESIGN.md, "Client interfaces" 1; seeds/deepgram-twilio-tutorial): the server sends
-a JSON array of active callSids; the client sends one callSid as text (whitespace stripped); an
-unknown one is closed with 1008; otherwise the call's history is replayed, then it continues
-live (no gap, no duplicate), every message in Deepgram's ``Results`` shape, and the socket is
-closed with 1000 once the call has ended. Anything else the client sends is ignored.
+``/client`` (docs/protocol.md, "WebSocket /client"; the Deepgram–Twilio tutorial's protocol):
+the server sends a JSON array of active callSids; the client sends one callSid as text
+(whitespace stripped); an unknown one is closed with 1008; otherwise the call's history is
+replayed, then it continues live (no gap, no duplicate), every message in Deepgram's ``Results``
+shape, and the socket is closed with 1000 once the call has ended. Anything else the client
+sends is ignored.
 
-``/v1/ws`` (DESIGN.md, "Client interfaces" 2; models in :mod:`shared.schema`):
+``/v1/ws`` (docs/protocol.md, "WebSocket /v1/ws"; models in :mod:`shared.schema`):
 
 * ``{"type": "list"}`` → ``{"type": "calls", "calls": [CallMeta…]}``, then ``call_started`` /
   ``call_ended`` pushed as they happen (a repeated ``list`` sends a fresh snapshot).

@@ -1,6 +1,7 @@
 """One client's bounded send queue, its sender, and the slow-client policy.
 
-The policy (DESIGN.md, "Delivery promises": interims may be dropped under load, finals may not):
+The policy (docs/protocol.md, "Delivery promises": interims may be dropped under load, finals
+may not):
 
 * Every client connection has one :class:`Outbox` holding at most ``maxlen`` messages
   (``GatewaySettings.client_queue_max``), drained by the connection's own sender task

@@ -1,6 +1,6 @@
 """HTTP routes: ``/v1/calls``, ``/v1/calls/{sid}``, ``/v1/calls/{sid}/transcript``, ``/healthz``, ``/``.
 
-JSON in, JSON out (DESIGN.md, "Client interfaces" 3-4). Errors are ``ErrorEvent`` JSON bodies:
+JSON in, JSON out (docs/protocol.md, "REST"). Errors are ``ErrorEvent`` JSON bodies:
 404 ``unknown_call``, 400 ``bad_request`` (a ``since`` that is not a stream ID), 503
 ``unavailable`` when Redis does not answer within the hub's ``redis_timeout_s``.
 """

@@ -8,7 +8,7 @@ call and logged once per call per burst. Control entries (a call's start and its
 dropped. While Redis is down the buffer keeps filling (bounded) and the writer retries with
 backoff and jitter; one FIFO keeps every call's entries in order.
 
-What one call writes (DESIGN.md, "Redis keys"):
+What one call writes (docs/protocol.md, "Redis keys" and "The life of a call in Redis"):
 
 * start: ``HSET cs:{sid}:meta`` (:meth:`CallMeta.to_redis`), ``SADD cs:calls:active``,
   ``XADD cs:jobs call_sid``, ``PUBLISH cs:calls:events`` (:class:`CallStarted` JSON), in one

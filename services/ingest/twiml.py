@@ -11,7 +11,7 @@
   ``twilio.request_validator.RequestValidator`` against the URL Twilio requested: ``PUBLIC_URL``
   + path (+ query) when set, not what a proxy forwards. A webhook POST signs its form
   parameters, a GET none. The Media Streams WebSocket handshake signs ``wss://HOST/twilio``
-  with no parameters (DESIGN.md, ``PUBLIC_URL``).
+  with no parameters (docs/protocol.md, "WebSocket /twilio").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Word error rate as ``../shared/audio/README.md`` prescribes: normalise, then jiwer per channel."""
+"""Word error rate as ``tests/data/README.md`` prescribes: normalise, then jiwer per channel."""
 
 from __future__ import annotations
 

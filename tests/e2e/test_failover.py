@@ -45,7 +45,7 @@ async def test_killed_transcriber_hands_the_call_over_without_loss_or_duplicate(
 ) -> None:
     """SIGKILL the owning worker after two finals: the call completes, each final exactly once."""
     script = turns_from_json(audio_dir / "call_dentist.json")
-    call = sim_call(audio_dir, "call_dentist", 21)
+    call = sim_call("call_dentist", 21)
     reference = interleave(call.tracks)
     env = {"CLAIM_IDLE_MS": "1500", "LEASE_RENEW_S": "0.3", "READ_BLOCK_MS": "50"}
     async with FakeDeepgram(script, api_key="k", reference=reference) as fake:

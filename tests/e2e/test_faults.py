@@ -32,7 +32,7 @@ async def test_redis_freezing_mid_call_loses_nothing(
 ) -> None:
     """Redis stopped for 7 s mid-call: the call's audio is whole and both watchers get every final once."""
     script = turns_from_json(audio_dir / "call_dentist.json")
-    call = sim_call(audio_dir, "call_dentist", 31)
+    call = sim_call("call_dentist", 31)
     assert redis_server.proc is not None
     async with FakeDeepgram(script, api_key="k") as fake:
         env = {"ASR_ENGINE": "deepgram", "DEEPGRAM_URL": fake.url, "DEEPGRAM_API_KEY": "k"}

@@ -1,7 +1,7 @@
 """End to end: real recordings streamed as Twilio calls through three service processes.
 
 Each test starts ingest, a transcriber and the gateway as separate processes on a real
-redis-server, streams recordings from ``../shared/audio`` at real-time pace with the Twilio
+redis-server, streams the recordings of ``tests/data`` at real-time pace with the Twilio
 client, and watches each call from two clients: a tutorial ``/client`` watcher that connects
 as soon as the call is live, and a ``/v1/ws`` watcher that joins mid-call asking for history.
 """
@@ -18,6 +18,7 @@ from shared import keys
 from shared.audio import pcm16_to_ulaw, read_wav
 from shared.redisconn import connect
 from shared.schema import TranscriptEvent
+from tests import recordings
 from tests.e2e.harness import (
     Received,
     run_services,
@@ -35,9 +36,9 @@ BOUNDS = {"call_dentist": 0.30, "call_order_status": 0.30, "librivox_sense_and_s
 SPEAKERS = ("caller", "callee")
 
 
-def sim_call(audio_dir: Path, name: str, n: int) -> SimCall:
+def sim_call(name: str, n: int) -> SimCall:
     """The recording as a Twilio call: one track per channel (mono → inbound only)."""
-    wav = read_wav(audio_dir / f"{name}.wav")
+    wav = read_wav(recordings.wav(name))
     tracks = [pcm16_to_ulaw(wav.samples[:, c]) for c in range(wav.channels)]
     return SimCall(
         tracks=tracks,
@@ -83,7 +84,7 @@ async def test_whisper_transcribes_three_concurrent_calls_for_two_watchers_each(
 ) -> None:
     """Three recordings as concurrent calls: both watchers get the whole transcript; WER within bounds."""
     env = {"ASR_ENGINE": "whisper", "CLAIM_IDLE_MS": "15000", "FINAL_TIMEOUT_S": "20"}
-    calls = [sim_call(audio_dir, name, i) for i, name in enumerate(RECORDINGS)]
+    calls = [sim_call(name, i) for i, name in enumerate(RECORDINGS)]
     async with run_services(redis_url, tmp_path, env) as svc:
         watchers = [asyncio.create_task(watch_call(svc.gateway_ws, c, 10.0)) for c in calls]
         streams = [asyncio.create_task(stream_call(svc.twilio_url, c, speed=1.0)) for c in calls]
@@ -133,7 +134,7 @@ async def test_fake_deepgram_finals_arrive_once_in_order_at_both_watchers(
     script = turns_from_json(audio_dir / "call_dentist.json")
     async with FakeDeepgram(script, api_key="test-key") as fake:
         env = {"ASR_ENGINE": "deepgram", "DEEPGRAM_URL": fake.url, "DEEPGRAM_API_KEY": "test-key"}
-        call = sim_call(audio_dir, "call_dentist", 7)
+        call = sim_call("call_dentist", 7)
         async with run_services(redis_url, tmp_path, env) as svc:
             watcher = asyncio.create_task(watch_call(svc.gateway_ws, call, 12.0))
             try:

@@ -52,7 +52,7 @@ class Turn:
 
 
 def turns_from_json(path: Path) -> list[Turn]:
-    """Turns of a ``/work/shared/audio/<name>.json`` (caller → channel 0, callee → channel 1)."""
+    """Turns of a recording's ``tests/data/<name>.json`` (caller → channel 0, callee → channel 1)."""
     data = json.loads(path.read_text())
     names = data.get("channels") or ["caller"]
     return [

@@ -72,7 +72,7 @@ async def recv_json(ws: ClientConnection, timeout_s: float = WAIT_S) -> Any:
 
 
 class FakeTranscriber:
-    """Writes one call into Redis exactly as the transcriber does (DESIGN.md, "Redis keys")."""
+    """Writes one call into Redis as the transcriber does (docs/protocol.md, "Redis keys")."""
 
     def __init__(self, r: aioredis.Redis, call_sid: str, channels: int = 2) -> None:
         self.r = r

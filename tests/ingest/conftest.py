@@ -7,7 +7,6 @@ import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from shared import keys
 from shared.audio import wav_to_ulaw_tracks
 from shared.schema import AudioFrame
 from shared.settings import IngestSettings
+from tests import recordings
 
 WAIT_S = 10.0
 """Upper bound of any wait in these tests, s."""
@@ -48,9 +48,9 @@ def ingest(redis_url: str) -> Callable[..., AbstractAsyncContextManager[int]]:
 
 
 @pytest.fixture
-def call_tracks(audio_dir: Path) -> list[bytes]:
+def call_tracks() -> list[bytes]:
     """The first 2 s of the two-party recording, as two mu-law tracks."""
-    tracks = wav_to_ulaw_tracks(audio_dir / "call_dentist.wav")
+    tracks = wav_to_ulaw_tracks(recordings.wav("call_dentist"))
     return [t[: 8 * 2000] for t in tracks]
 
 

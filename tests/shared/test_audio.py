@@ -17,6 +17,7 @@ from shared.audio import (
     ulaw_to_pcm16,
     upsample2,
 )
+from tests import recordings
 
 
 def test_every_mulaw_code_survives_a_round_trip() -> None:
@@ -49,9 +50,9 @@ def test_interleave_and_deinterleave_are_inverse() -> None:
         deinterleave(b"\x00\x00\x00", 2)
 
 
-def test_reads_the_mulaw_recordings(audio_dir) -> None:
+def test_reads_the_mulaw_recordings() -> None:
     """Format tag 7 files open: 8 kHz, two channels, about 27.9 s for call_dentist."""
-    wav = read_wav(audio_dir / "call_dentist.wav")
+    wav = read_wav(recordings.wav("call_dentist"))
     assert wav.rate == 8000 and wav.channels == 2
     assert abs(wav.duration_s - 27.869) < 0.01
 

@@ -1,4 +1,4 @@
-"""Settings read from the environment as DESIGN.md's table says."""
+"""Settings read from the environment as README.md's configuration table says."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from shared.audio import interleave, pcm16_to_ulaw, read_wav
 from shared.errors import AsrError
 from shared.schema import TranscriptEvent
 from shared.settings import TranscriberSettings
+from tests import recordings
 
 CALLS = ["call_dentist", "call_order_status"]
 BOOK = "librivox_sense_and_sensibility"
@@ -42,15 +43,14 @@ def engine() -> Iterator[WhisperEngine]:
     eng.vad_pool.shutdown(wait=True)
 
 
-def _tracks(audio_dir: Path, name: str, cut: tuple[float, float]) -> list[bytes]:
-    wav = read_wav(audio_dir / f"{name}.wav")
+def _tracks(name: str, cut: tuple[float, float]) -> list[bytes]:
+    wav = read_wav(recordings.wav(name))
     a, b = int(cut[0] * 8000), int(min(cut[1], wav.duration_s) * 8000)
     return [pcm16_to_ulaw(wav.samples[a:b, c]) for c in range(wav.channels)]
 
 
 async def _run(
     engine: WhisperEngine,
-    audio_dir: Path,
     name: str,
     *,
     start_ms: int = 0,
@@ -61,7 +61,7 @@ async def _run(
     key = (name, start_ms, *cut)
     if key in _runs:
         return _runs[key]
-    tracks = _tracks(audio_dir, name, cut)
+    tracks = _tracks(name, cut)
     events: list[TranscriptEvent] = []
 
     async def on_result(event: TranscriptEvent) -> None:
@@ -100,7 +100,7 @@ def _per_channel(ref: dict, events: list[TranscriptEvent]) -> tuple[list[str], l
 @pytest.mark.parametrize("name", CALLS)
 async def test_call_wer_within_bound(engine: WhisperEngine, audio_dir: Path, name: str) -> None:
     """A stereo call streamed frame by frame scores WER ≤ 0.30, both channels pooled."""
-    events = await _run(engine, audio_dir, name)
+    events = await _run(engine, name)
     refs, hyps = _per_channel(_reference(audio_dir, name), events)
     pooled = _wer(refs, hyps)
     per = [_wer([r], [h]) for r, h in zip(refs, hyps, strict=True)]
@@ -110,7 +110,7 @@ async def test_call_wer_within_bound(engine: WhisperEngine, audio_dir: Path, nam
 
 async def test_mono_book_wer_within_bound(engine: WhisperEngine, audio_dir: Path) -> None:
     """A mono recording (channels=1) scores WER ≤ 0.15, every event on channel 0 (caller)."""
-    events = await _run(engine, audio_dir, BOOK)
+    events = await _run(engine, BOOK)
     refs, hyps = _per_channel(_reference(audio_dir, BOOK), events)
     score = _wer(refs, hyps)
     print(f"\nWER {BOOK}: {score:.3f}")
@@ -124,7 +124,7 @@ async def test_every_turn_on_its_speakers_channel(
 ) -> None:
     """Each reference turn is found (WER ≤ 0.5) in the finals of its speaker's channel that overlap it."""
     ref = _reference(audio_dir, name)
-    events = await _run(engine, audio_dir, name)
+    events = await _run(engine, name)
     for turn in ref["turns"]:
         ch = ref["channels"].index(turn["speaker"])
         near = [
@@ -141,7 +141,7 @@ async def test_finals_ordered_inside_call_and_on_turns(
 ) -> None:
     """Finals are in time order per channel, inside the call, each overlapping a turn of its speaker."""
     ref = _reference(audio_dir, name)
-    events = await _run(engine, audio_dir, name)
+    events = await _run(engine, name)
     for ch, speaker in enumerate(ref["channels"]):
         finals = _finals(events, ch)
         assert finals
@@ -159,7 +159,7 @@ async def test_segments_consistent_and_interims_first(
     engine: WhisperEngine, audio_dir: Path, name: str
 ) -> None:
     """Segments count up from first_segment; one final each, after its interims; most finals had an interim."""
-    events = await _run(engine, audio_dir, name)
+    events = await _run(engine, name)
     segments = sorted({e.segment for e in events})
     assert segments == list(range(len(segments)))
     with_interim = 0
@@ -175,7 +175,7 @@ async def test_segments_consistent_and_interims_first(
 
 async def test_start_ms_shifts_times(engine: WhisperEngine, audio_dir: Path) -> None:
     """With start_ms = 60 s, every time is call time: the reference turn times plus 60 s."""
-    events = await _run(engine, audio_dir, BOOK, start_ms=60_000, cut=(0.0, 11.3), first_segment=7)
+    events = await _run(engine, BOOK, start_ms=60_000, cut=(0.0, 11.3), first_segment=7)
     finals = _finals(events, 0)
     assert [e.segment for e in finals] == list(range(7, 7 + len(finals)))
     turns = _reference(audio_dir, BOOK)["turns"][:2]
@@ -188,17 +188,17 @@ async def test_start_ms_shifts_times(engine: WhisperEngine, audio_dir: Path) -> 
 async def test_finish_flushes_the_open_utterance(engine: WhisperEngine, audio_dir: Path) -> None:
     """Audio ending mid-speech (no closing silence): finish still delivers that utterance's final."""
     last = _reference(audio_dir, BOOK)["turns"][-1]
-    events = await _run(engine, audio_dir, BOOK, cut=(last["start"] - 0.5, last["end"] - 0.05))
+    events = await _run(engine, BOOK, cut=(last["start"] - 0.5, last["end"] - 0.05))
     finals = _finals(events, 0)
     assert len(finals) == 1
     assert "himself" in _normalise(finals[0].text)
 
 
-async def test_interims_skipped_when_behind_finals_kept(audio_dir: Path) -> None:
+async def test_interims_skipped_when_behind_finals_kept() -> None:
     """An engine that counts itself behind (lag bound 0 s) skips every interim but no final."""
     eng = WhisperEngine(_settings(), interim_max_lag_s=0.0)
     try:
-        tracks = _tracks(audio_dir, "call_dentist", (0.0, 5.9))
+        tracks = _tracks("call_dentist", (0.0, 5.9))
         events: list[TranscriptEvent] = []
 
         async def on_result(event: TranscriptEvent) -> None:
