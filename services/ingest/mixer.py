@@ -4,9 +4,9 @@ Twilio sends each track as separate mono mu-law packets (8 kHz: 8 bytes per ms, 
 20 ms) stamped with ``timestamp``, the presentation time in ms from the stream start
 (https://www.twilio.com/docs/voice/media-streams/websocket-messages). Packets can be lost, one
 track can start late, packets of the two tracks interleave in any order, and the timestamps of
-consecutive packets are not always exactly 20 ms apart although every packet still carries
-20 ms of audio: Twilio documents no bound on that wobble, only that the stamp is a presentation
-time in whole ms. :class:`Mixer` turns this into frames of ``frame_ms`` contiguous from t=0.
+consecutive packets are not always 20 ms apart though each still carries 20 ms of audio (Twilio
+documents no bound on that wobble). :class:`Mixer` turns this into frames of ``frame_ms``
+contiguous from t=0.
 
 Placement (time is counted in bytes per channel = samples, 8 per ms). Each track keeps a
 *slot*: where its next packet goes if it follows the last one with nothing lost in between.
@@ -52,28 +52,23 @@ TRACK_ORDER = ("inbound", "outbound")
 JITTER_MS = 10
 """Default tolerance of a packet's stamp around its contiguous slot, ms (half a 20 ms packet)."""
 
-DRIFT_ON_MS = 4
-"""A track whose average deviation passes this (ms) is nudged one sample per packet..."""
+DRIFT_ON_MS, DRIFT_OFF_MS = 4, 1
+"""A track whose average deviation passes ``DRIFT_ON_MS`` is nudged until within ``DRIFT_OFF_MS``."""
 
-DRIFT_OFF_MS = 1
-"""...until its average deviation is back within this (ms)."""
-
-_AVERAGE_WEIGHT = 1 / 32
-"""Weight of one packet in the moving average of a track's deviation."""
+_AVERAGE_WEIGHT = 1 / 32  # of one packet in the moving average of a track's deviation
+_DRIFT_ON_B, _DRIFT_OFF_B = DRIFT_ON_MS * BYTES_PER_MS, DRIFT_OFF_MS * BYTES_PER_MS
 
 
 class Mixer:
     """Places track packets in time and emits complete interleaved frames.
 
-    A packet goes where the module docstring says: after the previous packet of its track when
-    its timestamp agrees within ``jitter_ms``, else in the slot of the packets lost or late in
-    between. A frame ``[a, a + frame_ms)`` is emitted once the call clock (the largest packet
-    end placed over all tracks) reaches ``a + frame_ms + reorder_ms``: a packet that arrives
-    before then lands in its slot even out of order; one that arrives later is counted in
-    ``late_packets`` and its bytes in frames already emitted are dropped (placing them anywhere
-    else would make the channels drift); the rest of it, when it straddles a frame start, lands.
-    Bytes no packet covered are silence (0xFF): lost packets, a track that starts late, the tail
-    of the shorter track. A duplicate packet overwrites its own slot, so it lands once.
+    A packet goes to its slot (module docstring). A frame ``[a, a + frame_ms)`` is emitted once
+    the call clock (the largest packet end placed over all tracks) reaches
+    ``a + frame_ms + reorder_ms``: a packet that arrives before then lands in its slot even out
+    of order; one that arrives later is counted in ``late_packets`` and its bytes in frames
+    already emitted are dropped (placing them elsewhere would make the channels drift); the rest
+    of it, when it straddles a frame start, lands. Bytes no packet covered are silence (0xFF):
+    lost packets, a track that starts late, the tail of the shorter track.
 
     Args:
         channels: 1 (mono: channel 0 is the only track) or 2 (channel 0 inbound, 1 outbound).
@@ -192,7 +187,7 @@ class Mixer:
             drift = self._drift[channel]
             drift += (dev - drift) * _AVERAGE_WEIGHT
             nudge = self._nudge[channel]
-            if nudge or drift > DRIFT_ON_MS * BYTES_PER_MS or drift < -DRIFT_ON_MS * BYTES_PER_MS:
+            if nudge or drift > _DRIFT_ON_B or drift < -_DRIFT_ON_B:
                 payload, drift = self._nudged(channel, payload, drift, dev)
             self._drift[channel] = drift
             self._slot[channel] = start_b + len(payload)
@@ -206,27 +201,23 @@ class Mixer:
         self.packets += 1
         out: list[AudioFrame] = []
         end_b = start_b + len(payload)
-        buf, mask = self._buf[channel], self._mask[channel]
+        buf, mask, ones = self._buf[channel], self._mask[channel], self._ones
         ring_b = self._ring_b
         overlapped = False
-        while True:
+        while start_b < end_b:
             limit = self._emitted_b + ring_b
             if start_b >= limit:  # a jump: time passes (emitting silence) until the packet fits
                 self._advance(limit, out)
                 continue
-            stop = end_b if end_b <= limit else limit
-            n = stop - start_b
             at = start_b % ring_b
-            if at + n <= ring_b:
-                overlapped |= self._write(buf, mask, at, payload[:n])
-            else:  # the piece wraps around the ring's end
-                first = ring_b - at
-                overlapped |= self._write(buf, mask, at, payload[:first])
-                overlapped |= self._write(buf, mask, 0, payload[first:n])
+            stop = min(end_b, limit, start_b - at + ring_b)  # not past the ring's end either
+            n = stop - start_b
+            if mask.find(1, at, at + n) >= 0:
+                overlapped = True
+            buf[at : at + n] = payload[:n]
+            mask[at : at + n] = ones[:n]
             payload = payload[n:]
             self._advance(stop, out)
-            if stop == end_b:
-                break
             start_b = stop
         if overlapped:
             self.duplicate_packets += 1
@@ -261,7 +252,7 @@ class Mixer:
         nudge = self._nudge[channel]
         if nudge == 0:
             nudge = 1 if drift > 0 else -1
-        elif nudge * drift <= DRIFT_OFF_MS * BYTES_PER_MS:
+        elif nudge * drift <= _DRIFT_OFF_B:
             self._nudge[channel] = 0
             return payload, drift
         self._nudge[channel] = nudge
@@ -271,14 +262,6 @@ class Mixer:
         if nudge > 0:  # stamps run ahead of the bytes: repeat the first sample
             return payload[:1] + payload, drift - 1
         return payload[1:], drift + 1  # stamps lag: drop the first sample
-
-    def _write(self, buf: bytearray, mask: bytearray, at: int, data: bytes) -> bool:
-        """Copy ``data`` into a channel's ring at ``at``; whether it overlapped earlier bytes."""
-        end = at + len(data)
-        overlapped = mask.find(1, at, end) >= 0
-        buf[at:end] = data
-        mask[at:end] = self._ones[: len(data)]
-        return overlapped
 
     def flush(self) -> list[AudioFrame]:
         """Emit everything left: the stream has ended. The mixer cannot be used afterwards.
