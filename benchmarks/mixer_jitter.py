@@ -4,7 +4,7 @@ Two figures, both through :class:`services.ingest.mixer.Mixer`'s public interfac
 
 * **Holes and overwrites.** Each of two tracks sends ``--packets`` 20 ms packets (160 bytes of
   8 kHz mu-law), packet ``i`` stamped ``20 * i + j`` ms with ``j`` uniform in ``[-J, +J]`` (the
-  first packet unjittered, like a stream start; seed ``--seed``), for J = 0, 1, 2, 5 ms. Every
+  first packet unjittered, as it anchors the track; seed ``--seed``), for J = 0, 1, 2, 5 ms. Every
   payload is a ramp of bytes that are never 0xFF and differ from its neighbours': the script
   counts the bytes that are silence (0xFF) between the track's first and last byte (holes), the
   payload bytes missing from the output (overwritten), and the packets not found intact, each
