@@ -144,10 +144,11 @@ async def play(
     on_start: Callable[[LoadCall], None],
     *,
     open_timeout_s: float = 10.0,
-) -> None:
+) -> list[float]:
     """Play ``calls`` to ``ws://host:port/twilio``; ``on_start(call)`` right after its ``start``.
 
-    Returns when every call has sent ``stop`` and closed (or failed: ``call.error``).
+    Returns when every call has sent ``stop`` and closed (or failed: ``call.error``), with how
+    late each 20 ms tick ran, ms (the generator's own lag: it should stay near 0).
     """
     loop = asyncio.get_running_loop()
     begin = loop.time()
@@ -169,8 +170,10 @@ async def play(
     async with asyncio.TaskGroup() as tg:
         openers = [tg.create_task(opener(c)) for c in calls]
         tick = loop.time()
+        late_ms: list[float] = []
         while live or not all(t.done() for t in openers):
             now = loop.time()
+            late_ms.append((now - tick) * 1000)
             for index, (call, ws) in list(live.items()):
                 data, marks, finished = call.due(now)
                 if data:
@@ -185,3 +188,4 @@ async def play(
                     task.add_done_callback(closing.discard)
             tick += PACKET_S
             await asyncio.sleep(max(tick - loop.time(), 0))
+    return late_ms

@@ -65,6 +65,7 @@ def figures(
     rss: dict[str, dict[str, float]],
     fake_stats: dict[str, Any],
     frames_dropped: int | None,
+    tick_late_ms: list[float],
 ) -> dict[str, Any]:
     """The figures of one run (see the module docstring); times are loop times, ``cpu`` in CPU-s."""
     expected: dict[int, int] = {}
@@ -115,6 +116,10 @@ def figures(
             "extra": extra,
         },
         "frames_dropped": frames_dropped,
+        "generator_late_ms": {
+            "p99": pct(tick_late_ms, 0.99),
+            "max": max(tick_late_ms, default=None),
+        },
         "asr_connections": len(fake_stats["connections"]),
         "unattributed_connections": unattributed,
         "calls": {"total": len(calls), "errors": sum(1 for c in calls if c.error)},
@@ -176,6 +181,8 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
     for p in procs:
         row(f"  {p}", lambda f, p=p: _num(f["cpu_per_call_s"].get(p), "{:.5f}"))
     row("  system total (no harness)", lambda f: _num(f["cpu_system_per_call_s"], "{:.5f}"))
+    row("  generator tick late, ms p99/max", lambda f: (
+        f"{_num(f['generator_late_ms']['p99'])}/{_num(f['generator_late_ms']['max'])}"))  # fmt: skip
     section("RSS MB: idle / steady / after the calls")
     for p in procs:
         row(f"  {p}", lambda f, p=p: "/".join(

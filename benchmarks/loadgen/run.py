@@ -53,6 +53,19 @@ class RunConfig:
         return dict(self.__dict__)
 
 
+@dataclass
+class _Load:
+    """What playing the load recorded (loop times, CPU s, RSS samples ``(time, MB)``)."""
+
+    calls: list[LoadCall]
+    watchers: list[Watcher]
+    begin: float
+    end: float
+    cpu: dict[str, float]
+    rss_samples: dict[str, list[tuple[float, float]]]
+    late_ms: list[float]
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop  # type: ignore[import-not-found]  # optional: cheaper loop if installed
@@ -93,18 +106,18 @@ def run_system(
         stats = fleet.fake_stats()
     finally:
         fleet.stop()
-    calls, watchers, begin, end, cpu, samples = load
+    begin, end = load.begin, load.end
     lo, hi = begin + cfg.ramp_s, begin + cfg.duration_s
     if hi - lo < 1.0:
         lo, hi = begin + (end - begin) / 3, begin + 2 * (end - begin) / 3
     rss = {
-        n: {"idle": idle[n], "steady": steady(samples[n], lo, hi), "after": after[n]}
+        n: {"idle": idle[n], "steady": steady(load.rss_samples[n], lo, hi), "after": after[n]}
         for n in fleet.pids
     }
     fig = figures(
-        calls=calls, watchers=watchers, begin=begin, load_s=cfg.ramp_s + cfg.duration_s,
-        call_seconds=cfg.calls * cfg.duration_s, cpu=cpu, rss=rss, fake_stats=stats,
-        frames_dropped=dropped,
+        calls=load.calls, watchers=load.watchers, begin=begin, load_s=cfg.ramp_s + cfg.duration_s,
+        call_seconds=cfg.calls * cfg.duration_s, cpu=load.cpu, rss=rss, fake_stats=stats,
+        frames_dropped=dropped, tick_late_ms=load.late_ms,
     )  # fmt: skip
     fig["system"] = system
     fig["config"] = cfg.as_dict()
@@ -113,15 +126,8 @@ def run_system(
 
 async def _drive(
     cfg: RunConfig, system: str, fleet: Fleet, twilio_port: int, servers: list[int]
-) -> tuple[
-    list[LoadCall],
-    list[Watcher],
-    float,
-    float,
-    dict[str, float],
-    dict[str, list[tuple[float, float]]],
-]:
-    """Play the load; ``(calls, watchers, begin, end, cpu s per process, rss samples)``."""
+) -> _Load:
+    """Play the load from this process."""
     loop = asyncio.get_running_loop()
     calls = plan_calls(cfg.calls, cfg.ramp_s, cfg.duration_s, cfg.marker_every_s)
     watchers: list[Watcher] = []
@@ -152,7 +158,9 @@ async def _drive(
     begin = loop.time()
     sampling = loop.create_task(sampler())
     try:
-        await play("127.0.0.1", twilio_port, calls, on_start, open_timeout_s=cfg.open_timeout_s)
+        late_ms = await play(
+            "127.0.0.1", twilio_port, calls, on_start, open_timeout_s=cfg.open_timeout_s
+        )
         if tasks:
             await asyncio.wait(tasks)
     finally:
@@ -161,4 +169,4 @@ async def _drive(
             await sampling
     end = loop.time()
     cpu = {n: cpu_s(p) - cpu0[n] for n, p in fleet.pids.items()}
-    return calls, watchers, begin, end, cpu, samples
+    return _Load(calls, watchers, begin, end, cpu, samples, late_ms)
