@@ -44,7 +44,8 @@ def sweep(
 ) -> dict[str, Any]:
     """The knee of ``system``: double K from ``start`` until a run does not keep up, then bisect.
 
-    Returns ``{"knee": K or 0, "runs": [{"calls", "keeps_up", "p99", "reasons"}]}``.
+    Returns ``{"knee": K or 0, "bounded": False when even ``limit`` kept up, "runs": [{"calls",
+    "keeps_up", "p99", "reasons"}]}``.
     """
     tried: list[dict[str, Any]] = []
 
@@ -70,7 +71,7 @@ def sweep(
             good = mid
         else:
             bad = mid
-    return {"knee": good, "runs": tried}
+    return {"knee": good, "bounded": bool(bad), "runs": tried}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = {"sweep": {s: sweep(cfg, s, logs, start=a.calls, limit=a.sweep_limit,
                                   python=python) for s in systems}}  # fmt: skip
         for s, res in out["sweep"].items():
-            print(f"knee of {s}: {res['knee']} calls × {cfg.watchers} watchers "
+            print(f"knee of {s}: {'' if res['bounded'] else '≥ '}{res['knee']} calls × {cfg.watchers} watchers "
                   f"({cfg.duration_s:.0f} s calls over a {cfg.ramp_s:.0f} s ramp)")  # fmt: skip
     else:
         out = run_once(cfg, tutorial=a.tutorial, logs=logs)
