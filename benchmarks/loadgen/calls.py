@@ -7,7 +7,8 @@ ticker: every 20 ms it writes, for every live call, all packets whose 20 ms of a
 one ``write`` per call. The audio is silence (0xFF) except *marker packets*
 (:func:`tests.fakes.load_recogniser.marker_packet`): every ``marker_every_s`` a packet of one
 track, alternating inbound and outbound, from 1 s into the call until 0.5 s before its end,
-each shifted by 0 to 4 packets so that markers fall at every position of a 100 ms frame
+each shifted by 0 to 19 packets so that markers fall at every position of a 100 ms frame
+and of the tutorial's 400 ms buffer
 (the tutorial never sends its last < 400 ms to Deepgram). Marker numbers are
 ``call index × MARKER_STRIDE + k``, so a marker names its call.
 """
@@ -26,6 +27,9 @@ from tests.fakes.load_recogniser import PACKET_BYTES, marker_packet
 
 PACKET_S = 0.02
 """Twilio sends one packet per track per 20 ms."""
+
+SHIFTS = 20
+"""A marker is shifted by 0..SHIFTS-1 packets from its nominal time (400 ms: every phase)."""
 
 MARKER_STRIDE = 100_000
 """Marker numbers of call ``i`` are ``i * MARKER_STRIDE + k``."""
@@ -124,15 +128,25 @@ class LoadCall:
 def plan_calls(
     calls: int, ramp_s: float, duration_s: float, marker_every_s: float
 ) -> list[LoadCall]:
-    """``calls`` calls started evenly over ``ramp_s`` (call i at ``i * ramp_s / calls``)."""
+    """``calls`` calls started evenly over ``ramp_s`` (call i at ``i * ramp_s / calls``).
+
+    Raises:
+        ValueError: ``marker_every_s`` < 0.4 (markers 0-19 packets apart could collide).
+    """
+    if marker_every_s < SHIFTS * PACKET_S:
+        raise ValueError(f"marker_every_s must be >= {SHIFTS * PACKET_S} s")
     packets = round(duration_s / PACKET_S)
     first, last = round(1.0 / PACKET_S), packets - round(0.5 / PACKET_S)
     step = max(round(marker_every_s / PACKET_S), 1)
     out = []
     for i in range(calls):
-        # shift each marker by 0-4 packets so markers sample every position in a 100 ms frame
-        starts = range(first, last - 4, step)
-        markers = {j + (i + k) % 5: (k % 2, i * MARKER_STRIDE + k) for k, j in enumerate(starts)}
+        # shift each marker by 0-19 packets so that markers sample every position of callscribe's
+        # 100 ms frames and of the tutorial's 400 ms buffers alike
+        starts = range(first, last - SHIFTS + 1, step)
+        markers = {
+            j + (7 * i + 3 * k) % SHIFTS: (k % 2, i * MARKER_STRIDE + k)
+            for k, j in enumerate(starts)
+        }
         out.append(LoadCall(i, i * ramp_s / max(calls, 1), packets, markers))
     return out
 
