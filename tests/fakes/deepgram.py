@@ -19,6 +19,12 @@ the connection's audio, like Deepgram's. Interims grow word by word as audio pas
 turn; the final (``speech_final``) comes once audio passes ``end + endpointing_s``; a channel
 silent for ``silence_final_s`` gets an empty final, as Deepgram sends.
 
+Load mode (``load=LoadScript(...)``, for ``benchmarks/load.py``): no script; results at a steady
+rate and marker packets answered at once (:mod:`tests.fakes.load_recogniser`); an empty binary
+frame (the old way to close a stream, which the 2022 tutorial uses) acts as ``CloseStream``.
+``GET /stats`` (any mode) answers JSON ``{"connections": [{"markers", "finals", "interims",
+"audio_bytes", "closed"}]}`` for a harness in another process.
+
 Fault injection: ``drop_after_s`` (close 1011 after that much audio, on the first
 ``drop_connections`` connections), ``reject_with`` (HTTP status per connection attempt, in order).
 Every connection's query, headers, control messages and results are recorded in ``connections``.
@@ -39,6 +45,8 @@ from urllib.parse import parse_qsl, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from tests.fakes.load_recogniser import LoadRecogniser, LoadScript, Result
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,9 @@ class ConnectionRecord:
     offset_s: float = 0.0
     close_code: int | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    markers: list[int] = field(default_factory=list)
+    finals: int = 0
+    interims: int = 0
 
 
 @dataclass
@@ -121,6 +132,7 @@ class FakeDeepgram:
         drop_after_s: float | None = None,
         drop_connections: int = 1,
         reject_with: list[int] | None = None,
+        load: LoadScript | None = None,
     ) -> None:
         self.script = sorted(script, key=lambda t: t.start_s)
         self.api_key = api_key
@@ -131,6 +143,7 @@ class FakeDeepgram:
         self.drop_after_s = drop_after_s
         self.drop_connections = drop_connections
         self.reject_with = list(reject_with or [])
+        self.load = load
         self.attempts = 0
         self.connections: list[ConnectionRecord] = []
         self._server: Server | None = None
@@ -149,7 +162,26 @@ class FakeDeepgram:
         self._server.close()
         await self._server.wait_closed()
 
+    def stats(self) -> dict[str, Any]:
+        """Per connection, in order: marker numbers heard, finals and interims sent, audio bytes."""
+        return {
+            "connections": [
+                {
+                    "markers": r.markers,
+                    "finals": r.finals,
+                    "interims": r.interims,
+                    "audio_bytes": r.audio_bytes,
+                    "closed": r.closed.is_set(),
+                }
+                for r in self.connections
+            ]
+        }
+
     def _check(self, connection: ServerConnection, request: Request) -> Response | None:
+        if urlsplit(request.path).path == "/stats":
+            response = connection.respond(HTTPStatus.OK, json.dumps(self.stats()))
+            response.headers["Content-Type"] = "application/json"
+            return response
         self.attempts += 1
         if self.reject_with:
             status = self.reject_with.pop(0)
@@ -196,6 +228,13 @@ class _Session:
         self.request_id = str(uuid.uuid4())
         self.states: list[_ChannelState] = []
         self.pos_s = 0.0  # connection audio time received
+        self.load = (
+            LoadRecogniser(
+                fake.load, self.channels if self.multichannel else 1, interim=self.interim
+            )
+            if fake.load is not None
+            else None
+        )
 
     async def serve(self) -> None:
         while True:
@@ -205,6 +244,16 @@ class _Session:
             except TimeoutError:
                 await self._close(1011, "NET-0001")
                 return
+            if isinstance(msg, bytes) and self.load is not None:
+                if not msg:  # the deprecated close: flush, Metadata, close
+                    await self._load_send(self.load.flush())
+                    await self.ws.send(json.dumps(self._metadata()))
+                    await self._close(1000, "")
+                    return
+                self.record.audio_bytes += len(msg)
+                await self._load_send(self.load.audio(msg))
+                self.pos_s = self.load.pos_s
+                continue
             if isinstance(msg, bytes):
                 await self._audio(msg)
                 if self.drop_after_s is not None and self.pos_s >= self.drop_after_s:
@@ -215,11 +264,28 @@ class _Session:
             self.record.controls.append(kind)
             if kind == "Finalize":
                 await self._flush(from_finalize=True)
+            elif kind == "CloseStream" and self.load is not None:
+                await self._load_send(self.load.flush())
+                await self.ws.send(json.dumps(self._metadata()))
+                await self._close(1000, "")
+                return
             elif kind == "CloseStream":
                 await self._flush(from_finalize=False)
                 await self.ws.send(json.dumps(self._metadata()))
                 await self._close(1000, "")
                 return
+
+    async def _load_send(self, results: list[Result]) -> None:
+        """Send load-mode results, counting them in the connection's record."""
+        assert self.load is not None
+        for ch, start_s, end_s, words, is_final in results:
+            await self._send(
+                ch, start_s, end_s, [_Word(w, w, ws, we) for w, ws, we in words],
+                is_final=is_final, speech_final=is_final,
+            )  # fmt: skip
+        self.record.markers = self.load.markers
+        self.record.finals = self.load.finals
+        self.record.interims = self.load.interims
 
     async def _close(self, code: int, reason: str) -> None:
         """Close, reading what the client still sends so its close frame is seen."""
@@ -344,9 +410,10 @@ class _Session:
     ) -> None:
         off = self.record.offset_s
         text = " ".join(w.punctuated if self.punctuate else w.word for w in words)
+        lanes = self.load.channels if self.load is not None else len(self.states)
         msg = {
             "type": "Results",
-            "channel_index": [ch, len(self.states)],
+            "channel_index": [ch, lanes],
             "duration": round(end_s - start_s, 3),
             "start": round(start_s, 3),
             "is_final": is_final,
@@ -380,7 +447,8 @@ class _Session:
             },
             "from_finalize": from_finalize,
         }
-        self.record.results.append(msg)
+        if self.load is None:  # load mode keeps counts, not every result
+            self.record.results.append(msg)
         await self.ws.send(json.dumps(msg))
 
     def _metadata(self) -> dict[str, Any]:
