@@ -32,7 +32,7 @@ from aiohttp import WSMsgType, web
 from services.gateway import store
 from services.gateway.connection import Connections, serve_connection
 from services.gateway.hub import Hub
-from services.gateway.outbox import CLOSE_INTERNAL, CLOSE_POLICY, Outbox
+from services.gateway.outbox import CLOSE_INTERNAL, CLOSE_POLICY, DirectWriter, Outbox
 from services.gateway.subscribers import CallSubscriber, CallsWatcher
 from shared.errors import ClientMessageError, RedisUnavailable
 from shared.schema import ErrorEvent, ListRequest, SubscribeRequest, parse_client
@@ -82,19 +82,22 @@ async def _receive_text(ws: web.WebSocketResponse) -> str | object | None:
     return None
 
 
-async def accept(request: web.Request) -> web.WebSocketResponse:
-    """Complete the WebSocket handshake of a client request (pings every :data:`HEARTBEAT_S`)."""
+async def accept(request: web.Request, outbox: Outbox) -> web.WebSocketResponse:
+    """Complete the WebSocket handshake of a client request (pings every :data:`HEARTBEAT_S`)
+    and let ``outbox`` write straight to its socket while it keeps up."""
     ws = web.WebSocketResponse(
         heartbeat=HEARTBEAT_S, max_msg_size=MAX_CLIENT_MESSAGE_BYTES, compress=False
     )
     await ws.prepare(request)
+    if request.transport is not None:
+        outbox.direct = DirectWriter(request.transport, lambda: ws.closed)
     return ws
 
 
 async def tutorial_endpoint(request: web.Request, gw: Gateway) -> web.WebSocketResponse:
     """``/client``: the tutorial's protocol, unchanged (see the module docstring)."""
-    ws = await accept(request)
     outbox = Outbox(gw.settings.client_queue_max)
+    ws = await accept(request, outbox)
     gw.connections.add(outbox)
     sub: list[CallSubscriber] = []
 
@@ -141,8 +144,8 @@ async def tutorial_endpoint(request: web.Request, gw: Gateway) -> web.WebSocketR
 
 async def json_endpoint(request: web.Request, gw: Gateway) -> web.WebSocketResponse:
     """``/v1/ws``: the JSON protocol (see the module docstring)."""
-    ws = await accept(request)
     outbox = Outbox(gw.settings.client_queue_max)
+    ws = await accept(request, outbox)
     gw.connections.add(outbox)
     session = _JsonSession(gw, outbox)
     try:

@@ -7,7 +7,7 @@ Routes:
   parses, mixes and submits to the :class:`~services.ingest.publisher.Publisher`; it never
   awaits Redis (Twilio discards audio from a slow reader, error 31930).
 * ``GET``/``POST /twiml``: the voice webhook (:mod:`services.ingest.twiml`).
-* ``GET /healthz``: ``{"status", "calls", "redis", "dropped_frames"}``; 503 when Redis does not
+* ``GET /healthz``: ``{"status", "calls", "redis", "writes_ok", "dropped_frames", "pending"}``; 503 when Redis does not
   answer.
 
 :func:`run` serves until ``stop`` is set, then ends every open stream (its remaining audio and
@@ -112,6 +112,7 @@ class Ingest:
             "status": "ok" if ok else "redis_unavailable",
             "calls": self.live_calls,
             "redis": ok,
+            "writes_ok": self.publisher.redis_ok,
             "dropped_frames": self.publisher.dropped_frames,
             "pending": self.publisher.pending,
         }

@@ -54,6 +54,11 @@ class Publisher:
         retention_s: TTL set on a call's audio stream once its eof is written, s.
         write_timeout_s: the longest one pipeline may take before it counts as failed, s.
         batch_max: entries per pipeline at most.
+        linger_s: once woken by a first entry, how long the writer waits for more before it
+            writes, s. One pipeline per ~10 ms instead of one per frame: at 100 calls ingest
+            produces 1,000 frames a second, and with a pipeline per frame an eighth of ingest's
+            CPU went to pipelines (py-spy under benchmarks/load.py). Adds at most this much
+            latency.
         backoff_initial_s, backoff_max_s: retry delays after a failed write (doubling, with
             jitter down to half), s.
 
@@ -72,6 +77,7 @@ class Publisher:
         retention_s: int,
         write_timeout_s: float = 5.0,
         batch_max: int = 256,
+        linger_s: float = 0.01,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
     ) -> None:
@@ -81,6 +87,7 @@ class Publisher:
         self._retention_s = retention_s
         self._write_timeout_s = write_timeout_s
         self._batch_max = batch_max
+        self._linger_s = linger_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._buf: deque[_Entry] = deque()
@@ -173,6 +180,8 @@ class Publisher:
                     return
                 self._wake.clear()
                 await self._wake.wait()
+                if self._linger_s > 0 and not self._closing:
+                    await asyncio.sleep(self._linger_s)  # let more frames join this pipeline
                 continue
             try:
                 written = await self._write_batch()

@@ -45,7 +45,8 @@ async def test_redis_outage_buffers_drops_and_resumes(
                 async with asyncio.timeout(WAIT_S):  # the read loop goes on reading, and drops
                     while True:
                         health = await http.get(f"http://127.0.0.1:{port}/healthz")
-                        if health.json()["dropped_frames"] >= 5:
+                        body = health.json()
+                        if body["dropped_frames"] >= 5 and body["writes_ok"] is False:
                             break
                         await asyncio.sleep(0.01)
                 assert health.status_code == 503
