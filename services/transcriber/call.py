@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from services.transcriber.engine import AsrEngine, AsrSession, CallAudio
+from services.transcriber.live import LivePublisher
 from shared import keys
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
@@ -82,8 +83,11 @@ class CallPipeline:
         settings: TranscriberSettings,
         wake: asyncio.Event,
         deliveries: int = 1,
+        *,
+        live: LivePublisher | None = None,
     ) -> None:
         self.sid = sid
+        self.live = live or LivePublisher(redis)
         self.deliveries = deliveries
         self.job_id = job_id
         self.redis = redis
@@ -308,18 +312,14 @@ class CallPipeline:
             event = trimmed
         if not event.is_final:
             self._shown.add(event.segment)
-            try:
-                await cmd(self.redis.publish(keys.live(self.sid), event.to_json()))
-            except REDIS_FAILURES:
-                log.debug("interim dropped", extra={"call_sid": self.sid})
+            self.live.publish(keys.live(self.sid), event.to_json())
             return
         self._shown.discard(event.segment)
         checkpoint = self._advance(ch, event)
         event.id = await self._store_final(event, checkpoint)
         self._persisted_s = min(self.final_end_s)
         self.finals += 1
-        payload = event.to_json()
-        await self._publish(keys.live(self.sid), payload)
+        self.live.publish(keys.live(self.sid), event.to_json())
 
     def _advance(self, ch: int, event: TranscriptEvent) -> dict[str, str]:
         """Channel ``ch`` is final up to ``event.end``: move the checkpoint; its meta fields."""
@@ -383,16 +383,6 @@ class CallPipeline:
         except REDIS_FAILURES:
             return None
 
-    async def _publish(self, channel: str, payload: str, attempts: int = 5) -> None:
-        backoff = Backoff()
-        for _ in range(attempts):
-            try:
-                await cmd(self.redis.publish(channel, payload))
-                return
-            except REDIS_FAILURES:
-                await backoff.wait()
-        log.warning("live event not published", extra={"call_sid": self.sid})
-
     # ------------------------------------------------------------------ end
 
     async def _end(self, error: AsrError | None) -> None:
@@ -403,7 +393,8 @@ class CallPipeline:
                 message="transcription failed; the transcript may be incomplete",
                 call_sid=self.sid,
             )
-            await self._publish(keys.live(self.sid), msg.to_json())
+            self.live.publish(keys.live(self.sid), msg.to_json())
+        await self.live.flush()  # every event of the call is out before its end
         now = time.time()
         meta = (self.meta or CallMeta(call_sid=self.sid)).model_copy(
             update={"status": "ended", "ended_at": now}

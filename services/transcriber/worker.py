@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 
 from services.transcriber.call import CallPipeline
 from services.transcriber.engine import AsrEngine
+from services.transcriber.live import LivePublisher
 from shared import keys
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.settings import TranscriberSettings
@@ -62,6 +63,7 @@ class Worker:
         self.redis = redis
         self.engine = engine
         self.consumer = settings.consumer
+        self.live = LivePublisher(redis)
         self.calls: dict[str, CallPipeline] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake_reader = asyncio.Event()
@@ -89,10 +91,15 @@ class Worker:
                     tg.create_task(self._lease_loop(), name="lease"),
                     tg.create_task(self._audio_loop(), name="audio"),
                 ]
+                live = tg.create_task(self.live.run(), name="live")
                 await stop.wait()
                 serving = list(self.calls.values())
                 for task in [*loops, *self._tasks.values()]:
                     task.cancel()
+                with contextlib.suppress(TimeoutError):  # what the calls published goes out
+                    async with asyncio.timeout(1.0):
+                        await self.live.flush()
+                live.cancel()
         finally:
             unfinished = [c.job_id for c in serving if not c.ended]
             handed_over = len(unfinished)
@@ -220,7 +227,14 @@ class Worker:
             )
             deliveries = int(info[0]["times_delivered"]) if info else 1
         call = CallPipeline(
-            sid, jid, self.redis, self.engine, self.settings, self._wake_reader, deliveries
+            sid,
+            jid,
+            self.redis,
+            self.engine,
+            self.settings,
+            self._wake_reader,
+            deliveries,
+            live=self.live,
         )
         serve = self._serve(call)
         try:

@@ -64,6 +64,7 @@ async def test_empty_final_clears_a_shown_interim_but_silence_is_not_stored(
     """An empty final for a segment whose interim was published is stored and published (the
     client clears the interim); one for a stretch of silence only moves the checkpoint."""
     call = pipeline(redis, [0.0, 0.0])
+    publishing = asyncio.create_task(call.live.run())
     live = redis.pubsub()
     await live.subscribe(keys.live(SID))
     await call._on_result(
@@ -83,5 +84,6 @@ async def test_empty_final_clears_a_shown_interim_but_silence_is_not_stored(
             if msg:
                 published.append(TranscriptEvent.model_validate_json(msg["data"]))
     await live.aclose()
+    publishing.cancel()
     assert [(e.is_final, e.text, e.segment) for e in published] == [(False, "uh", 3), (True, "", 3)]
     assert call.final_end_s == [2.5, 9.0] and call.next_segment == 5
