@@ -209,15 +209,19 @@ class Watcher:
             return False
         if kind == "calls":
             calls = [self._meta(c) for c in message.get("calls") or []]
-            st.live = {c.call_sid: c for c in calls if c is not None and c.status == "live"}
+            # queued calls too: their audio is kept and transcribed once a worker is free
+            st.live = {c.call_sid: c for c in calls if c is not None and c.status != "ended"}
             await self._choose(ws)
             self.ready.set()
             return False
-        if kind in ("call_started", "call_ended"):
+        if kind in ("call_started", "call_updated", "call_ended"):
             meta = self._meta(message.get("call"))
             if meta is None:
                 return False
-            if kind == "call_started":
+            if kind == "call_updated":
+                if meta.call_sid in st.live:
+                    st.live[meta.call_sid] = meta
+            elif kind == "call_started":
                 st.live[meta.call_sid] = meta
                 if not st.subscribed and st.target in (None, meta.call_sid):
                     await self._subscribe(ws, meta, since=st.since or "0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -15,6 +16,11 @@ REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError)
 
 
 T = TypeVar("T")
+
+FAILURES: Counter[str] = Counter()
+"""Failures passed to :meth:`Backoff.retry_after` since the process started, by the name of the
+logger that reported them (e.g. ``services.transcriber.worker``). Process-wide: the
+transcriber's metrics count those of its Redis loops (docs/architecture.md, "Metrics")."""
 
 
 class Backoff:
@@ -50,6 +56,7 @@ class Backoff:
         The line goes out before the wait, so it says when the next try will be.
         """
         delay = self.next_delay_s()
+        FAILURES[logger.name] += 1
         logger.warning(
             msg, extra={**extra, "error": exc.__class__.__name__, "retry_in_s": round(delay, 3)}
         )

@@ -6,7 +6,8 @@ Three families:
   Source: https://www.twilio.com/docs/voice/media-streams/websocket-messages. Numeric fields
   (``sequenceNumber``, ``chunk``, ``timestamp``) arrive as strings; the models turn them into ints.
 * Our events (what the transcriber publishes and the gateway forwards), dispatched on ``type``:
-  ``transcript``, ``call_started``, ``call_ended``, ``end``, ``error`` (docs/protocol.md, "Events").
+  ``transcript``, ``call_started``, ``call_updated``, ``call_ended``, ``end``, ``error``
+  (docs/protocol.md, "Events").
 * The ``/v1/ws`` client protocol (what a gateway client sends), dispatched on ``type``
   (docs/protocol.md, "WebSocket /v1/ws").
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -241,11 +242,19 @@ class TranscriptEvent(_Event):
         return event
 
 
+CallStatus = Literal["queued", "live", "ended"]
+"""Where a call is in its life: waiting for a transcriber, being transcribed, over."""
+
+_STATUSES: frozenset[str] = frozenset(get_args(CallStatus))
+
+
 class CallMeta(BaseModel):
     """A call's metadata, as kept in ``cs:{sid}:meta`` and sent in call events.
 
     ``started_at``/``ended_at`` are Unix times in seconds. ``tracks`` lists the Twilio tracks
     (``inbound``, ``outbound``); ``channels`` is ``len(tracks)``: 2 = stereo, 1 = mono.
+    ``status``: ``queued`` while the call waits for a transcriber (its audio is kept), ``live``
+    once one serves it, ``ended`` when it is over.
     """
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
@@ -259,7 +268,7 @@ class CallMeta(BaseModel):
     channels: int = 2
     started_at: float = Field(default_factory=time.time)
     ended_at: float | None = None
-    status: Literal["live", "ended"] = "live"
+    status: CallStatus = "live"
     custom_parameters: dict[str, str] = Field(default_factory=dict)
 
     def to_redis(self) -> dict[str, str]:
@@ -308,7 +317,7 @@ class CallMeta(BaseModel):
             channels=int(f.get("channels") or len(tracks) or 1),
             started_at=float(f.get("started_at") or 0.0),
             ended_at=float(f["ended_at"]) if f.get("ended_at") else None,
-            status="ended" if f.get("status") == "ended" else "live",
+            status=status if (status := f.get("status", "live")) in _STATUSES else "live",
             custom_parameters=params if isinstance(params, dict) else {},
         )
 
@@ -317,6 +326,14 @@ class CallStarted(_Event):
     """Pushed on ``cs:calls:events`` when ingest receives a ``start``."""
 
     type: Literal["call_started"] = "call_started"
+    call: CallMeta
+
+
+class CallUpdated(_Event):
+    """Pushed on ``cs:calls:events`` when a live call's ``status`` changes: ``queued`` → ``live``
+    when a transcriber claims it, ``live`` → ``queued`` when a stopping one hands it back."""
+
+    type: Literal["call_updated"] = "call_updated"
     call: CallMeta
 
 
@@ -345,7 +362,7 @@ class ErrorEvent(_Event):
 
 LiveEvent = Annotated[TranscriptEvent | EndEvent, Field(discriminator="type")]
 live_event_adapter: TypeAdapter[LiveEvent] = TypeAdapter(LiveEvent)
-CallEvent = Annotated[CallStarted | CallEnded, Field(discriminator="type")]
+CallEvent = Annotated[CallStarted | CallUpdated | CallEnded, Field(discriminator="type")]
 call_event_adapter: TypeAdapter[CallEvent] = TypeAdapter(CallEvent)
 
 

@@ -94,6 +94,17 @@ def _default_engine() -> Literal["deepgram", "whisper"]:
     return "deepgram" if os.environ.get("DEEPGRAM_API_KEY") else "whisper"
 
 
+DEFAULT_MAX_CALLS: dict[str, int] = {"deepgram": 500, "whisper": 2}
+"""``MAX_CALLS`` when unset, by engine. Deepgram: the worker only relays audio and results,
+about 1.3 ms of CPU per call-second (0.26 cores at 200 calls, issue 6), so 500 calls stay under
+about two thirds of a core. Whisper decodes on this host's CPU, about 0.5 CPU-s per call-second
+with interims: two calls fill the two threads of one worker (``WHISPER_THREADS``)."""
+
+
+def _default_max_calls(data: dict[str, object]) -> int:
+    return DEFAULT_MAX_CALLS[str(data.get("asr_engine") or _default_engine())]
+
+
 class TranscriberSettings(CommonSettings):
     """`python -m services.transcriber`: claims calls, relays audio to ASR, publishes results."""
 
@@ -105,7 +116,11 @@ class TranscriberSettings(CommonSettings):
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="This worker's consumer name in the `transcribers` group; default `<hostname>-<pid>`",
     )
-    max_calls: int = Field(default=50, gt=0, description="Calls one worker serves at once")
+    max_calls: int = Field(
+        default_factory=_default_max_calls,
+        gt=0,
+        description="Calls one worker serves at once; unset: 500 with deepgram (a cheap relay, ~1.3 ms CPU per call-second), 2 with whisper (~0.5 CPU-s per call-second); a call beyond it waits, shown as `queued`",
+    )
     read_block_ms: int = Field(
         default=100, gt=0, description="BLOCK of the one XREAD that serves all of a worker's calls"
     )
@@ -122,6 +137,16 @@ class TranscriberSettings(CommonSettings):
     )
     final_timeout_s: float = Field(
         default=10.0, gt=0, description="How long to wait for the last results after eof"
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the worker's `/metrics` and `/healthz` server; local only unless set (e.g. `0.0.0.0` in a container)",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of that server; 0 = a free port chosen at start (logged), so replicas on one host never collide; set a fixed one to scrape it",
     )
     # deepgram
     deepgram_api_key: SecretStr | None = Field(

@@ -16,7 +16,9 @@ from services.gateway import rest
 from services.gateway.clients import Gateway, json_endpoint, tutorial_endpoint
 from services.gateway.connection import Connections
 from services.gateway.hub import Hub
+from services.gateway.metrics import gateway_registry
 from services.gateway.outbox import CLOSE_RESTART
+from shared.metrics import metrics_handler
 from shared.service import serving
 from shared.settings import GatewaySettings
 
@@ -37,7 +39,7 @@ def make_hub(settings: GatewaySettings) -> Hub:
 
 
 def build_app(gateway: Gateway) -> web.Application:
-    """The web app of one gateway instance."""
+    """The web app of one gateway instance (``GET /metrics`` from a registry of its own)."""
 
     async def client_ws(request: web.Request) -> web.StreamResponse:
         return await tutorial_endpoint(request, gateway)
@@ -55,6 +57,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/calls/{sid}/transcript", rest.get_transcript)
     app.router.add_get("/client", client_ws)
     app.router.add_get("/v1/ws", v1_ws)
+    app.router.add_get("/metrics", metrics_handler(gateway_registry(gateway)))
     return app
 
 

@@ -10,7 +10,8 @@ sends is ignored.
 ``/v1/ws`` (docs/protocol.md, "WebSocket /v1/ws"; models in :mod:`shared.schema`):
 
 * ``{"type": "list"}`` → ``{"type": "calls", "calls": [CallMeta…]}``, then ``call_started`` /
-  ``call_ended`` pushed as they happen (a repeated ``list`` sends a fresh snapshot).
+  ``call_updated`` (``queued`` ↔ ``live``) / ``call_ended`` pushed as they happen (a repeated
+  ``list`` sends a fresh snapshot).
 * ``{"type": "subscribe", "call_sid", "since"}`` → ``{"type": "subscribed", "call_sid"}``, the
   finals after ``since`` (``"0"`` = all, null = none), then live events, ``end`` when the call is
   over (at once after the replay if it already was). Several calls per connection.

@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 
 class Connections:
-    """The open client connections of one gateway instance (no module-level state)."""
+    """The open client connections of one gateway instance (no module-level state).
+
+    ``total``: connections accepted; ``slow_closed``: closed with 1013 for reading too slowly;
+    ``sent_closed`` / ``dropped_closed``: messages sent and interims dropped by connections
+    already removed (the metrics add the open ones' :class:`Outbox` counters).
+    """
 
     def __init__(self) -> None:
         self._open: set[Outbox] = set()
@@ -37,6 +42,8 @@ class Connections:
         self._empty.set()
         self.total = 0
         self.slow_closed = 0
+        self.sent_closed = 0
+        self.dropped_closed = 0
 
     def __len__(self) -> int:
         return len(self._open)
@@ -47,8 +54,15 @@ class Connections:
         self._empty.clear()
         self.total += 1
 
+    def open_outboxes(self) -> list[Outbox]:
+        """The outboxes of the open connections (a copy)."""
+        return list(self._open)
+
     def remove(self, outbox: Outbox) -> None:
         """Forget a connection's outbox (idempotent)."""
+        if outbox in self._open:
+            self.sent_closed += outbox.sent
+            self.dropped_closed += outbox.dropped
         self._open.discard(outbox)
         if not self._open:
             self._empty.set()

@@ -104,6 +104,7 @@ class Hub:
         self._tg: asyncio.TaskGroup | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.redis_errors = 0  # pub/sub connections lost or refused, and failed replays
 
     # ------------------------------------------------------------------ public API
 
@@ -255,6 +256,7 @@ class Hub:
                         self._ensure_resync(sub, ch)
                 await self._read(ps)
             except _REDIS_ERRORS as exc:
+                self.redis_errors += 1
                 log.warning(
                     "redis pubsub lost",
                     extra={"error": exc.__class__.__name__, "failures": backoff.failures + 1},
@@ -380,6 +382,7 @@ class Hub:
                     async with sub.lock:
                         await self._sync(sub, ch)
                 except RedisUnavailable as exc:
+                    self.redis_errors += 1
                     log.warning("replay failed", extra={"call_sid": sid, "error": str(exc)})
                     await backoff.wait()
         except Exception:

@@ -9,6 +9,7 @@ Routes:
 * ``GET``/``POST /twiml``: the voice webhook (:mod:`services.ingest.twiml`).
 * ``GET /healthz``: ``{"status", "calls", "redis", "writes_ok", "dropped_frames", "pending"}``; 503 when Redis does not
   answer.
+* ``GET /metrics``: Prometheus text format (:mod:`services.ingest.metrics`).
 
 :func:`run` serves until ``stop`` is set, then ends every open stream (its remaining audio and
 eof), drains the publisher within :data:`DRAIN_GRACE_S` and logs one summary line.
@@ -20,16 +21,19 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from aiohttp import WSMsgType, web
 
 from shared.errors import TwilioMessageError
+from shared.metrics import metrics_handler
 from shared.redisconn import connect
 from shared.schema import AudioFrame
 from shared.service import serving
 from shared.settings import IngestSettings
 
+from .metrics import StreamTotals, ingest_registry
+from .mixer import Mixer
 from .publisher import Publisher
 from .twilio import FATAL_CODES, Action, CallEnd, CallStart, TwilioStream
 from .twiml import STREAM_PATH, TwilioAuth, voice_webhook
@@ -88,16 +92,24 @@ class Ingest:
         self.calls_started = 0
         self.calls_ended = 0
         self.bad_input = 0
+        self.totals = StreamTotals()
+        self.registry = ingest_registry(self)
         self.app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
         self.app.router.add_get(STREAM_PATH, self.twilio_ws)
         self.app.router.add_route("GET", "/twiml", self.twiml)
         self.app.router.add_route("POST", "/twiml", self.twiml)
         self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/metrics", metrics_handler(self.registry))
 
     @property
     def live_calls(self) -> int:
         """Streams that have started and not ended."""
         return sum(1 for c in self._open.values() if c.stream.phase == "started")
+
+    def stream_counts(self) -> Iterator[tuple[int, Mixer | None, bool]]:
+        """Per open ``/twilio`` socket: (messages received, its mixer, whether its call is live)."""
+        for c in list(self._open.values()):
+            yield c.received, c.stream.mixer, c.stream.phase == "started"
 
     # ------------------------------------------------------------------ routes
 
@@ -211,6 +223,7 @@ class Ingest:
             return
         self._publish(conn, conn.stream.close(reason))
         stream = conn.stream
+        self.totals.retire(conn.received, stream.mixer)
         if sum(conn.errors.values()) or stream.meta is None:
             log.info(
                 "stream closed",

@@ -65,6 +65,7 @@ class Publisher:
     Attributes:
         dropped_frames: audio frames dropped since start (buffer full), all calls.
         written_frames: audio frames written.
+        failed_writes: pipelines that failed (and were retried) since start.
         redis_ok: False from a failed write until the next write succeeds.
     """
 
@@ -98,6 +99,7 @@ class Publisher:
         self._burst: dict[str, int] = {}  # calls now dropping -> frames dropped in this burst
         self.dropped_frames = 0
         self.written_frames = 0
+        self.failed_writes = 0
         self.redis_ok = True
 
     # ------------------------------------------------------------------ submit (never awaits)
@@ -106,6 +108,11 @@ class Publisher:
     def pending(self) -> int:
         """Entries waiting to be written (frames and control entries)."""
         return len(self._buf)
+
+    @property
+    def buffered_frames(self) -> int:
+        """Audio frames waiting to be written (at most ``buffer_frames``)."""
+        return self._audio_pending
 
     def submit_start(self, meta: CallMeta) -> None:
         """Queue a call's start (meta, active set, job, call_started). Never dropped."""
@@ -187,6 +194,7 @@ class Publisher:
                 written = await self._write_batch()
             except REDIS_FAILURES as exc:
                 self.redis_ok = False
+                self.failed_writes += 1
                 retries += 1
                 if failing_since is None:
                     failing_since = time.monotonic()

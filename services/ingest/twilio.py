@@ -157,6 +157,7 @@ class TwilioStream:
             to=params.pop("To", ""),
             tracks=tracks,
             channels=len(tracks),
+            status="queued",  # until a transcriber claims it (docs/protocol.md, "CallMeta")
             custom_parameters=params,
         )
         self.mixer = Mixer(

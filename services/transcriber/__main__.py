@@ -17,9 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``; run until SIGTERM/SIGINT (exit 0), or with ``--check`` exit 0 if a worker is alive, else 1."""
     parser = argparse.ArgumentParser(prog="callscribe transcriber", description=__doc__)
     parser.add_argument(
-        "--host", default=None, help="accepted for uniformity; the worker listens on no port"
+        "--host", default=None, help="address of /metrics and /healthz (default: METRICS_HOST)"
     )
-    parser.add_argument("--port", type=int, default=None, help="accepted for uniformity; unused")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port of /metrics and /healthz (default: METRICS_PORT)",
+    )
     parser.add_argument(
         "--consumer", default=None, help="consumer name (default: CONSUMER or host-pid)"
     )
@@ -30,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = TranscriberSettings()
     if args.consumer:
         settings = settings.model_copy(update={"consumer": args.consumer})
+    if args.host is not None:
+        settings = settings.model_copy(update={"metrics_host": args.host})
+    if args.port is not None:
+        settings = settings.model_copy(update={"metrics_port": args.port})
     setup_logging(settings.log_level)
     if args.check:
         return 0 if asyncio.run(check(settings, args.consumer)) else 1

@@ -1,4 +1,5 @@
-"""``run(settings)``: one transcriber worker (usable several times in one process)."""
+"""``run(settings)``: one transcriber worker (usable several times in one process), with its
+``/metrics`` and ``/healthz`` server (:mod:`services.transcriber.metrics`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 
 from services.transcriber.engine import AsrEngine
 from services.transcriber.engines import make_engine
+from services.transcriber.metrics import serve_status
 from services.transcriber.worker import Worker
 from shared.redisconn import connect
 from shared.settings import TranscriberSettings
@@ -20,20 +22,22 @@ async def run(
 ) -> None:
     """Serve calls until ``stop`` is set.
 
-    ``bound`` is unused (the worker listens on no port) and resolved with 0 when given.
+    ``bound`` receives the port of the worker's ``/metrics`` and ``/healthz`` server
+    (``METRICS_HOST:METRICS_PORT``; port 0 = a free one).
     ``engine``: an engine to use instead of :func:`make_engine` (tests); it is not closed here.
 
     Raises:
         AsrError: the configured engine cannot be created (e.g. whisper without faster-whisper).
+        OSError: the metrics address cannot be bound.
     """
     own_engine = engine is None
     asr = engine if engine is not None else make_engine(settings)
     socket_timeout_s = max(settings.redis_socket_timeout_s, settings.read_block_ms / 1000 + 5.0)
     redis = connect(settings.redis_url, socket_timeout_s=socket_timeout_s)
-    if bound is not None and not bound.done():
-        bound.set_result(0)
+    worker = Worker(settings, redis, asr)
     try:
-        await Worker(settings, redis, asr).run(stop)
+        async with serve_status(worker, bound):
+            await worker.run(stop)
     finally:
         if own_engine:
             await asr.aclose()

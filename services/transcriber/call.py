@@ -22,6 +22,7 @@ from redis.asyncio.client import Pipeline
 
 from services.transcriber.engine import AsrEngine, AsrSession, CallAudio
 from services.transcriber.live import LivePublisher
+from services.transcriber.queueing import set_status
 from shared import keys
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
@@ -99,6 +100,7 @@ class CallPipeline:
         self.ready = False  # checkpoint read: the reader may include the call
         self.eof_read = False
         self.ended = False  # the end transaction ran: the job is acked
+        self.ending = False  # the end transaction was started (it may have run)
         self.meta: CallMeta | None = None
         self.channels = 2
         self.final_end_s = [0.0, 0.0]
@@ -108,6 +110,8 @@ class CallPipeline:
         self._resume_id = "0-0"
         self._shown: set[int] = set()  # segments whose interims were published
         self._persisted_s = 0.0  # min(final_end_s) of the last checkpoint written
+        self.sent_ms: float | None = None  # call time up to which audio went to the engine
+        self.on_published: Callable[[CallPipeline, TranscriptEvent], None] | None = None
 
     # ------------------------------------------------------------------ reader side
 
@@ -203,6 +207,7 @@ class CallPipeline:
         while not frame.eof:
             await session.send(frame.t_ms, frame.pcmu)
             self._frames.append((entry_id, frame.t_ms + len(frame.pcmu) / per_ms))
+            self.sent_ms = self._frames[-1][1]
             entry_id, frame = await self._next()
 
     async def _prepare(self) -> str:
@@ -226,11 +231,13 @@ class CallPipeline:
                         extra={"call_sid": self.sid, "job": self.job_id},
                     )
                     return "drop"
+                if meta.status == "queued":
+                    await set_status(self.redis, [meta], "live")
                 break
             except REDIS_FAILURES as exc:
                 await backoff.retry_after(exc, log, "redis unavailable", call_sid=self.sid)
         try:
-            self.meta = CallMeta.from_redis(fields)
+            self.meta = CallMeta.from_redis(fields).model_copy(update={"status": "live"})
         except ValueError:
             log.warning("job for a call without metadata", extra={"call_sid": self.sid})
             return "end"
@@ -313,6 +320,7 @@ class CallPipeline:
         if not event.is_final:
             self._shown.add(event.segment)
             self.live.publish(keys.live(self.sid), event.to_json())
+            self._published(event)
             return
         self._shown.discard(event.segment)
         checkpoint = self._advance(ch, event)
@@ -320,6 +328,13 @@ class CallPipeline:
         self._persisted_s = min(self.final_end_s)
         self.finals += 1
         self.live.publish(keys.live(self.sid), event.to_json())
+        self._published(event)
+
+    def _published(self, event: TranscriptEvent) -> None:
+        """Tell :attr:`on_published` (the worker's metrics) that ``event`` was queued for
+        publishing (the worker's :class:`LivePublisher` writes it within a few ms)."""
+        if self.on_published is not None:
+            self.on_published(self, event)
 
     def _advance(self, ch: int, event: TranscriptEvent) -> dict[str, str]:
         """Channel ``ch`` is final up to ``event.end``: move the checkpoint; its meta fields."""
@@ -387,6 +402,7 @@ class CallPipeline:
 
     async def _end(self, error: AsrError | None) -> None:
         """Publish end (after an error event when ASR failed), retire the call, ack the job."""
+        self.ending = True  # from here the call may be over in Redis: never "queued" again
         if error is not None:
             msg = ErrorEvent(
                 code="asr_failed",

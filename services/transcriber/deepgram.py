@@ -78,6 +78,7 @@ class DeepgramEngine:
         self.backoff_s = backoff_s
         self.queue_frames = queue_frames
         self.replay_max_frames = replay_max_frames
+        self.reconnects = 0  # reconnections of all its sessions (a metric)
 
     async def open(self, call: CallAudio, on_result: OnResult) -> DeepgramSession:
         """Connect for ``call`` (retrying as documented) and start streaming.
@@ -215,6 +216,7 @@ class DeepgramSession:
                     raise AsrError(
                         f"deepgram: gave up after {self._retry.failures} retries", retryable=False
                     )
+                self._engine.reconnects += 1
                 await self._retry.retry_after(
                     failure, log, "deepgram reconnect", call_sid=sid, reason=str(failure),
                     retry=self._retry.failures + 1,

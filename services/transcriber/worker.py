@@ -28,6 +28,8 @@ from redis.exceptions import ResponseError
 from services.transcriber.call import CallPipeline
 from services.transcriber.engine import AsrEngine
 from services.transcriber.live import LivePublisher
+from services.transcriber.metrics import TranscriberMetrics
+from services.transcriber.queueing import Saturation, set_status
 from shared import keys
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.settings import TranscriberSettings
@@ -70,6 +72,9 @@ class Worker:
         self._capacity = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self.served = 0
+        self.heartbeat_at: float | None = None  # monotonic time of the last health key write
+        self.saturation = Saturation(self.consumer, settings.max_calls)
+        self.metrics = TranscriberMetrics(self)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and serve calls until ``stop``, then hand the unfinished ones over.
@@ -101,7 +106,7 @@ class Worker:
                         await self.live.flush()
                 live.cancel()
         finally:
-            unfinished = [c.job_id for c in serving if not c.ended]
+            unfinished = [c for c in serving if not c.ended]
             handed_over = len(unfinished)
             await self._hand_over(unfinished)
             with contextlib.suppress(*REDIS_FAILURES):
@@ -116,12 +121,20 @@ class Worker:
                 },
             )
 
-    async def _hand_over(self, job_ids: list[str]) -> None:
-        """Make our unfinished jobs claimable by another worker now (best effort, 1 s)."""
-        if not job_ids:
+    async def _hand_over(self, calls: list[CallPipeline]) -> None:
+        """Show our unfinished calls as ``queued`` and make their jobs claimable by another
+        worker now (best effort, 1 s)."""
+        if not calls:
             return
+        job_ids = [c.job_id for c in calls]
         try:
             async with asyncio.timeout(1.0):
+                # before the jobs can be claimed, so a new owner's "live" cannot come first
+                live = [
+                    c.meta for c in calls if c.meta and c.meta.status == "live" and not c.ending
+                ]
+                with contextlib.suppress(*REDIS_FAILURES):  # the hand-over matters more
+                    await set_status(self.redis, live, "queued")
                 await cmd(
                     self.redis.xclaim(
                         keys.JOBS,
@@ -164,6 +177,7 @@ class Worker:
                     await self._ensure_group()
                     group_ready = True
                 if self._free() <= 0:
+                    await self.saturation.full(self.redis)
                     self._capacity.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(block_ms / 1000):
@@ -182,16 +196,18 @@ class Worker:
                 cursor = _s(cursor_next)
                 for job_id, fields in claimed:
                     await self._take(job_id, fields, reclaimed=True)
-                if self._free() > 0:
+                if (free := self._free()) > 0:
                     resp = await cmd(
                         self.redis.xreadgroup(
                             keys.JOBS_GROUP,
                             self.consumer,
                             {keys.JOBS: ">"},
-                            count=self._free(),
+                            count=free,
                             block=block_ms,
                         )
                     )
+                    if sum(len(entries) for _, entries in resp or []) < free:
+                        self.saturation.drained()
                     for _stream, entries in resp or []:
                         for job_id, fields in entries:
                             await self._take(job_id, fields, reclaimed=False)
@@ -236,6 +252,7 @@ class Worker:
             deliveries,
             live=self.live,
         )
+        call.on_published = self.metrics.published
         serve = self._serve(call)
         try:
             task = self._tg.create_task(serve, name=f"call-{sid}")
@@ -276,6 +293,7 @@ class Worker:
                         px=health_ttl_ms(self.settings),
                     )
                 )
+                self.heartbeat_at = time.monotonic()
                 backoff.reset()
                 await asyncio.sleep(self.settings.lease_renew_s)
             except REDIS_FAILURES as exc:

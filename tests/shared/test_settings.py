@@ -35,3 +35,29 @@ def test_public_url_needs_an_http_scheme(url: str) -> None:
     with pytest.raises(ValidationError, match="PUBLIC_URL"):
         IngestSettings(public_url=url)
     assert IngestSettings(public_url="https://abc.ngrok.app/").public_url == "https://abc.ngrok.app"
+
+
+def test_max_calls_defaults_by_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset MAX_CALLS is 500 for the Deepgram relay, 2 for embedded Whisper; a set one wins."""
+    monkeypatch.delenv("MAX_CALLS", raising=False)
+    monkeypatch.delenv("ASR_ENGINE", raising=False)
+    monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
+    assert TranscriberSettings().max_calls == 2  # no key: whisper
+    assert TranscriberSettings(asr_engine="deepgram").max_calls == 500
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "secret")
+    assert TranscriberSettings().max_calls == 500
+    monkeypatch.setenv("ASR_ENGINE", "whisper")
+    assert TranscriberSettings().max_calls == 2
+    monkeypatch.setenv("MAX_CALLS", "7")
+    assert TranscriberSettings().max_calls == 7
+    assert TranscriberSettings(max_calls=3).max_calls == 3
+
+
+def test_transcriber_metrics_server_is_local_on_a_free_port_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's /metrics binds 127.0.0.1 and port 0, so replicas on one host all start."""
+    monkeypatch.delenv("METRICS_HOST", raising=False)
+    monkeypatch.delenv("METRICS_PORT", raising=False)
+    s = TranscriberSettings()
+    assert (s.metrics_host, s.metrics_port) == ("127.0.0.1", 0)
