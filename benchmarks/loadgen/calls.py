@@ -19,6 +19,7 @@ import asyncio
 import base64
 import json
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -67,6 +68,7 @@ class LoadCall:
     stream_sid: str = field(default_factory=lambda: _sid("MZ"))
     account_sid: str = field(default_factory=lambda: _sid("AC"))
     t0: float | None = None
+    t0_wall: float | None = None  # wall clock (time.time) when ``start`` was sent, s
     ended_at: float | None = None
     marker_sent: dict[int, float] = field(default_factory=dict)
     error: str | None = None
@@ -178,6 +180,7 @@ async def play(
             return
         ws.write(call.opening())
         call.t0 = loop.time()
+        call.t0_wall = time.time()
         live[call.index] = (call, ws)
         on_start(call)
 

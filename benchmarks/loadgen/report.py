@@ -69,6 +69,7 @@ def figures(
 ) -> dict[str, Any]:
     """The figures of one run (see the module docstring); times are loop times, ``cpu`` in CPU-s."""
     expected: dict[int, int] = {}
+    opened: dict[int, float] = {}  # call index -> wall time its first ASR connection opened
     unattributed = 0
     for conn in fake_stats["connections"]:
         owners = {m // MARKER_STRIDE for m in conn["markers"]}
@@ -77,6 +78,13 @@ def figures(
             continue
         owner = owners.pop()
         expected[owner] = expected.get(owner, 0) + conn["finals"]
+        if "opened_at" in conn:
+            opened[owner] = min(opened.get(owner, conn["opened_at"]), conn["opened_at"])
+    asr_open_ms = [
+        (at - calls[i].t0_wall) * 1000
+        for i, at in opened.items()
+        if i < len(calls) and calls[i].t0_wall is not None
+    ]
     samples: list[tuple[float, float]] = []
     owed = missing = lost = extra = 0
     losing = []
@@ -121,6 +129,8 @@ def figures(
             "max": max(tick_late_ms, default=None),
         },
         "asr_connections": len(fake_stats["connections"]),
+        "asr_open_ms_p50": pct(asr_open_ms, 0.5),
+        "asr_open_ms_max": max(asr_open_ms, default=None),
         "unattributed_connections": unattributed,
         "calls": {"total": len(calls), "errors": sum(1 for c in calls if c.error)},
         "watchers": {
@@ -207,6 +217,8 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
     row("  finals received twice", lambda f: str(f["finals"]["extra"]))
     row("  frames dropped (ingest)", lambda f: _num(f["frames_dropped"]))
     row("  ASR connections", lambda f: str(f["asr_connections"]))
+    row("  ASR session open after start, ms p50/max", lambda f: (
+        f"{_num(f.get('asr_open_ms_p50'))}/{_num(f.get('asr_open_ms_max'))}"))  # fmt: skip
     row("  watchers subscribed / ended", lambda f: (
         f"{f['watchers']['subscribed']}/{f['watchers']['ended']} of {f['watchers']['total']}"))  # fmt: skip
     row("  subscribe after start, ms p50/max", lambda f: (

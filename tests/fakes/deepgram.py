@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -89,6 +90,7 @@ class ConnectionRecord:
     markers: list[int] = field(default_factory=list)
     finals: int = 0
     interims: int = 0
+    opened_at: float = field(default_factory=time.time)  # wall clock, s (handshake done)
 
 
 @dataclass
@@ -172,6 +174,7 @@ class FakeDeepgram:
                     "interims": r.interims,
                     "audio_bytes": r.audio_bytes,
                     "closed": r.closed.is_set(),
+                    "opened_at": r.opened_at,
                 }
                 for r in self.connections
             ]
