@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NotRequired, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from shared.errors import ClientMessageError, TwilioMessageError
 
@@ -172,6 +173,37 @@ def parse_twilio(raw: str | bytes) -> TwilioMessage:
         where = ", ".join(".".join(str(p) for p in e["loc"][1:]) or "?" for e in exc.errors()[:3])
         raise TwilioMessageError("bad_message", f"malformed {event} message ({where})") from None
     raise TwilioMessageError("bad_message", f"malformed {event} message")  # pragma: no cover
+
+
+class _MediaFields(TypedDict):
+    track: Literal["inbound", "outbound"]
+    chunk: Annotated[int, Field(ge=0)]
+    timestamp: Annotated[int, Field(ge=0)]
+    payload: str
+
+
+class _MediaMessage(TypedDict):
+    event: Literal["media"]
+    sequenceNumber: NotRequired[int | None]
+    streamSid: NotRequired[str | None]
+    media: _MediaFields
+
+
+_media_adapter: TypeAdapter[_MediaMessage] = TypeAdapter(_MediaMessage)
+
+
+def parse_media(raw: str | bytes) -> tuple[str, int, str] | None:
+    """``(track, timestamp_ms, payload_base64)`` of a well-formed ``media`` message, else None.
+
+    The hot path of ingest (100 messages per call-second): the same checks as
+    :class:`TwilioMedia` into plain dicts, about half the cost of building the two models.
+    None means "not a valid media message": :func:`parse_twilio` then parses it and says why.
+    """
+    try:
+        media = _media_adapter.validate_json(raw)["media"]
+    except ValidationError:
+        return None
+    return media["track"], media["timestamp"], media["payload"]
 
 
 # --------------------------------------------------------------------------- our events

@@ -30,6 +30,7 @@ from shared.schema import (
     TwilioMessage,
     TwilioStart,
     TwilioStop,
+    parse_media,
     parse_twilio,
 )
 
@@ -97,6 +98,9 @@ class TwilioStream:
             TwilioMessageError: ``bad_json``, ``unknown_event``, ``bad_message`` from
                 :func:`shared.schema.parse_twilio`, or any code of :meth:`handle`.
         """
+        media = parse_media(raw)
+        if media is not None:
+            return self._media_fields(*media)
         return self.handle(parse_twilio(raw))
 
     def handle(self, msg: TwilioMessage) -> Sequence[Action]:
@@ -168,15 +172,18 @@ class TwilioStream:
         return [CallStart(meta)]
 
     def _media(self, msg: TwilioMedia) -> Sequence[Action]:
+        media = msg.media
+        return self._media_fields(media.track, media.timestamp, media.payload)
+
+    def _media_fields(self, track: str, timestamp_ms: int, payload_b64: str) -> Sequence[Action]:
         if self.phase != "started" or self.mixer is None:
             if self.phase == "open":
                 raise TwilioMessageError("media_before_start", "media before start; dropped")
             raise TwilioMessageError("media_after_stop", "media after the stream ended; dropped")
-        media = msg.media
         try:
-            payload = binascii.a2b_base64(media.payload, strict_mode=True)
+            payload = binascii.a2b_base64(payload_b64, strict_mode=True)
         except (binascii.Error, ValueError):
             raise TwilioMessageError("bad_payload", "media.payload is not base64") from None
         if not payload:
             raise TwilioMessageError("bad_payload", "media.payload is empty")
-        return self.mixer.add(media.track, media.timestamp, payload)
+        return self.mixer.add(track, timestamp_ms, payload)

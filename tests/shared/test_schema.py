@@ -19,6 +19,7 @@ from shared.schema import (
     TwilioStart,
     Word,
     parse_client,
+    parse_media,
     parse_twilio,
 )
 
@@ -153,3 +154,34 @@ def test_client_messages() -> None:
         with pytest.raises(ClientMessageError) as info:
             parse_client(raw)
         assert info.value.code == code
+
+
+_MEDIA_VALUES = st.one_of(
+    st.none(), st.integers(-3, 10**6), st.text(max_size=6), st.sampled_from(["12", "-1", "x"])
+)
+
+
+@given(
+    track=st.one_of(st.sampled_from(["inbound", "outbound", "inbound_track"]), _MEDIA_VALUES),
+    chunk=_MEDIA_VALUES,
+    timestamp=_MEDIA_VALUES,
+    payload=st.one_of(st.just("AAEC"), _MEDIA_VALUES),
+    seq=_MEDIA_VALUES,
+    drop=st.sampled_from([None, "track", "chunk", "timestamp", "payload"]),
+)
+def test_parse_media_fast_path_agrees_with_the_models(
+    track: object, chunk: object, timestamp: object, payload: object, seq: object, drop: str | None
+) -> None:
+    """parse_media accepts exactly the media messages parse_twilio accepts, with the same
+    track, timestamp and payload; anything else is left to parse_twilio (None)."""
+    media = {"track": track, "chunk": chunk, "timestamp": timestamp, "payload": payload}
+    if drop:
+        del media[drop]
+    raw = json.dumps({"event": "media", "sequenceNumber": seq, "media": media})
+    fast = parse_media(raw)
+    try:
+        msg = parse_twilio(raw)
+    except TwilioMessageError:
+        assert fast is None
+        return
+    assert fast == (msg.media.track, msg.media.timestamp, msg.media.payload)  # type: ignore[union-attr]
