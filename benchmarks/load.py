@@ -74,6 +74,46 @@ def sweep(
     return {"knee": good, "bounded": bool(bad), "runs": tried}
 
 
+MATRIX = [(50, 1), (50, 10), (200, 1), (200, 10), (400, 1), (400, 10)]
+"""The (calls, watchers per call) loads of the README's table."""
+
+
+def matrix(cfg: RunConfig, logs: Path, *, tutorial: bool) -> dict[str, Any]:
+    """Run every load of :data:`MATRIX` on both systems; print and return a Markdown table."""
+    rows = []
+    lines = [
+        "| load | callscribe p50 / p99 ms | lost | CPU core-s per call-s | "
+        "tutorial p50 / p99 ms | lost | CPU core-s per call-s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for calls, watchers in MATRIX:
+        runs = run_once(
+            RunConfig(**{**cfg.as_dict(), "calls": calls, "watchers": watchers}),
+            tutorial=tutorial,
+            logs=logs,
+        )
+        rows.append({"calls": calls, "watchers": watchers, "runs": runs})
+        cells = [f"{calls} × {watchers}"]
+        for system in ("callscribe", "tutorial"):
+            fig = runs.get(system)
+            if fig is None:
+                cells += ["–", "–", "–"]
+                continue
+            lat = fig["latency_ms"]
+            cells.append(f"{_ms(lat['p50'])} / {_ms(lat['p99'])}")
+            cells.append(str(fig["finals"]["lost"]))
+            cells.append(f"{fig['cpu_system_per_call_s']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    text = "\n".join(lines)
+    print(text)
+    return {"matrix": rows, "table": text}
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse the options, run, print the table (or the sweep); the JSON figures."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -91,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="also run the tutorial server under the same load")  # fmt: skip
     p.add_argument("--sweep", action="store_true", help="find the knee (largest K that keeps up)")
     p.add_argument("--sweep-limit", type=int, default=1600, help="largest K the sweep tries")
+    p.add_argument("--matrix", action="store_true",
+                   help="the README's table: 50, 200, 400 calls × 1 and × 10 watchers")  # fmt: skip
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON ('-': stdout)")
     p.add_argument("--logs", metavar="DIR", help="keep the processes' logs here")
     a = p.parse_args(argv)
@@ -101,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     logs = Path(a.logs) if a.logs else Path(tempfile.mkdtemp(prefix="cs-load-"))
     out: dict[str, Any]
-    if a.sweep:
+    if a.matrix:
+        out = matrix(cfg, logs, tutorial=a.tutorial)
+    elif a.sweep:
         python = tutorial_python() if a.tutorial else None
         systems = ["callscribe", *(["tutorial"] if a.tutorial else [])]
         out = {"sweep": {s: sweep(cfg, s, logs, start=a.calls, limit=a.sweep_limit,
