@@ -61,7 +61,8 @@ class DirectWriter:
     queue's sends, the close frame).
 
     Why: a delivery through the queue costs a task wake-up and a timeout context per message;
-    at 2,000 watchers those were a third of the gateway's CPU (py-spy under benchmarks/load.py).
+    at 1,000 watchers those were about a fifth of the gateway's CPU (py-spy under
+    benchmarks/load.py).
     """
 
     __slots__ = ("_is_closed", "_transport")

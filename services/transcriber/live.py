@@ -2,7 +2,7 @@
 
 Every interim result, every final (after its history entry is stored), and the ``error`` event
 of a failed call go to ``cs:{sid}:live`` by PUBLISH (docs/protocol.md, "Pub/sub channels").
-One PUBLISH round trip per result cost the worker a quarter of its CPU at 100 calls (py-spy
+One PUBLISH round trip per result cost the worker an eighth of its CPU at 100 calls (py-spy
 under benchmarks/load.py: 270 results a second); :class:`LivePublisher` queues them without
 awaiting and writes what accumulated over ``linger_s`` in one non-transactional pipeline.
 
