@@ -92,6 +92,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         parse_params,
         signature_url,
         simulate,
+        webhook_signature_url,
     )
 
     try:
@@ -105,6 +106,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             auth_token=args.auth_token or None,
             signature_url=signature_url(args.public_url) if args.public_url else None,
+            webhook_signature_url=(
+                webhook_signature_url(args.public_url) if args.public_url else None
+            ),
             params=parse_params(args.param),
             open_timeout_s=args.open_timeout_s,
         )
@@ -227,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--auth-token",
         default=os.environ.get("TWILIO_AUTH_TOKEN"),
-        help="sign the handshake (X-Twilio-Signature); default $TWILIO_AUTH_TOKEN",
+        help="sign as Twilio (X-Twilio-Signature) and get each call's stream token from "
+        "/twiml first; default $TWILIO_AUTH_TOKEN",
     )
     sim.add_argument("--public-url", default=None, help="ingest's public base URL (signature URL)")
     sim.add_argument(
