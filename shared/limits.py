@@ -109,3 +109,45 @@ def pace_delay_s(count: int, elapsed_s: float, rate_per_s: float) -> float:
     """How long to wait so that ``count`` messages since the start average at most
     ``rate_per_s`` a second: ``count / rate − elapsed``, or 0 when already within it."""
     return max(0.0, count / rate_per_s - elapsed_s)
+
+
+class FairShare:
+    """Per-key holdings of one shared bounded buffer (``capacity`` items), so that no key
+    (a call) can take it all.
+
+    :meth:`admit` refuses an item when the buffer is full, or when it is at least half full
+    and the key already holds its fair share, ``capacity / keys holding items``: a flood from
+    one call is capped at its share while the others keep room for theirs.
+    """
+
+    __slots__ = ("_held", "capacity", "total")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.total = 0
+        self._held: dict[str, int] = {}
+
+    def admit(self, key: str) -> bool:
+        """Count one more item of ``key`` unless the policy refuses it."""
+        held = self._held.get(key, 0)
+        total = self.total
+        if total >= self.capacity or (
+            held and 2 * total >= self.capacity and held * len(self._held) >= self.capacity
+        ):
+            return False
+        self._held[key] = held + 1
+        self.total = total + 1
+        return True
+
+    def release(self, key: str) -> None:
+        """One item of ``key`` left the buffer."""
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+        self.total -= 1
+
+    def held(self, key: str) -> int:
+        """Items ``key`` holds now."""
+        return self._held.get(key, 0)
