@@ -177,6 +177,10 @@ class Authenticator:
                 "GATEWAY_AUTH=jwt needs JWT_SECRET or JWKS_URL "
                 "(or set GATEWAY_AUTH=none to run without authentication, for a demo only)"
             )
+        if self.enabled and self._secret is not None and len(self._secret.encode()) < 32:
+            raise ConfigError(
+                "JWT_SECRET must be at least 32 bytes (RFC 7518 §3.2), e.g. openssl rand -hex 32"
+            )
         if not self.enabled:
             log.warning("GATEWAY_AUTH=none: every client sees every call, unauthenticated")
 

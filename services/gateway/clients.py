@@ -32,6 +32,7 @@ GatewaySettings.client_idle_s` of silence while it follows nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -182,7 +183,8 @@ def _expire(outbox: Outbox, grant: Grant) -> asyncio.TimerHandle | None:
     loop = asyncio.get_running_loop()
     delay_s = max(0.0, grant.expires_at - time.time())
     return loop.call_later(
-        delay_s, outbox.close, CLOSE_POLICY, "unauthorized: token expired", False
+        delay_s,
+        functools.partial(outbox.close, CLOSE_POLICY, "unauthorized: token expired", drain=False),
     )
 
 
