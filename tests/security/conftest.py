@@ -68,3 +68,10 @@ def secure_ingest(redis_url: str) -> Callable[..., AbstractAsyncContextManager[i
         return ingest_running(redis_url, **values)
 
     return start
+
+
+@pytest.fixture
+def ingest(redis_url: str) -> Callable[..., AbstractAsyncContextManager[int]]:
+    """``async with ingest(**settings) as port``: ingest with ``TWILIO_INSECURE`` (no stream
+    tokens), for findings that must hold even then."""
+    return lambda **overrides: ingest_running(redis_url, **overrides)

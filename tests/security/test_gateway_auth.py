@@ -149,13 +149,15 @@ async def test_origin_allow_list_on_every_websocket(secure_gateway) -> None:
 async def test_token_expiry_closes_the_socket(secure_gateway) -> None:
     """A WebSocket opened with a token is closed 1008 when that token expires."""
     tok = token(ttl_s=1)
-    async with secure_gateway() as port:
-        async with connect(f"ws://127.0.0.1:{port}/v1/ws?token={tok}") as ws:
-            await ws.send('{"type":"list"}')
-            await recv_json(ws)
-            with pytest.raises(ConnectionClosed):
-                await recv_json(ws, timeout_s=WAIT_S)
-            assert ws.close_code == 1008 and "expired" in (ws.close_reason or "")
+    async with (
+        secure_gateway() as port,
+        connect(f"ws://127.0.0.1:{port}/v1/ws?token={tok}") as ws,
+    ):
+        await ws.send('{"type":"list"}')
+        await recv_json(ws)
+        with pytest.raises(ConnectionClosed):
+            await recv_json(ws, timeout_s=WAIT_S)
+        assert ws.close_code == 1008 and "expired" in (ws.close_reason or "")
 
 
 async def test_jwks_tokens_from_an_identity_provider(secure_gateway) -> None:
@@ -180,13 +182,15 @@ async def test_jwks_tokens_from_an_identity_provider(secure_gateway) -> None:
     wrong = jwt.encode(claims, other, algorithm="RS256", headers={"kid": "k1"})
     try:
         jwks_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/jwks"  # type: ignore[union-attr]
-        async with secure_gateway(jwt_secret=None, jwks_url=jwks_url) as port:
-            async with httpx.AsyncClient(timeout=WAIT_S) as http:
-                url = f"http://127.0.0.1:{port}/v1/calls"
-                assert (await http.get(url, headers=bearer(good))).status_code == 200
-                assert (await http.get(url, headers=bearer(wrong))).status_code == 401
-                hs = jwt.encode(claims, SECRET, algorithm="HS256")
-                assert (await http.get(url, headers=bearer(hs))).status_code == 401
+        async with (
+            secure_gateway(jwt_secret=None, jwks_url=jwks_url) as port,
+            httpx.AsyncClient(timeout=WAIT_S) as http,
+        ):
+            url = f"http://127.0.0.1:{port}/v1/calls"
+            assert (await http.get(url, headers=bearer(good))).status_code == 200
+            assert (await http.get(url, headers=bearer(wrong))).status_code == 401
+            hs = jwt.encode(claims, SECRET, algorithm="HS256")
+            assert (await http.get(url, headers=bearer(hs))).status_code == 401
     finally:
         await runner.cleanup()
 
