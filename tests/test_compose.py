@@ -44,7 +44,7 @@ SHELL = {
     "REDIS_PASSWORD": "test-password",
     "TWILIO_AUTH_TOKEN": "test-twilio-token",
     "PUBLIC_URL": "https://ingest.example.com",
-    "JWT_SECRET": "test-jwt-secret",
+    "JWT_SECRET": "test-jwt-secret-of-at-least-32-bytes",
 }
 """What an operator's shell (or .env) gives compose: the secrets it requires."""
 
