@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings.model_copy(update={"host": args.host, "port": args.port})
     setup_logging(settings.log_level)
     try:
-        check_settings(settings)  # refuse to start unprotected: one line, exit 2
+        check_settings(settings, warn=False)  # refuse to start unprotected: one line, exit 2
     except ConfigError as exc:
         print(f"callscribe ingest: {exc}", file=sys.stderr)
         return 2

@@ -59,14 +59,19 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def check_settings(settings: IngestSettings) -> None:
-    """Refuse to run unprotected by accident.
+def check_settings(settings: IngestSettings, *, warn: bool = True) -> None:
+    """Refuse to run unprotected by accident; with ``warn``, log a warning when
+    ``TWILIO_INSECURE`` is set.
 
     Raises:
         ConfigError: ``TWILIO_AUTH_TOKEN`` or ``PUBLIC_URL`` is missing and ``TWILIO_INSECURE``
             is not set.
     """
     if settings.twilio_insecure:
+        if warn:
+            log.warning(
+                "TWILIO_INSECURE: unsigned requests and streams without tokens are accepted"
+            )
         return
     missing = [
         name

@@ -344,9 +344,7 @@ async def run(
         ConfigError: ``TWILIO_AUTH_TOKEN`` or ``PUBLIC_URL`` is missing without ``TWILIO_INSECURE``.
         OSError: the address cannot be bound.
     """
-    check_settings(settings)
-    if settings.twilio_insecure:
-        log.warning("TWILIO_INSECURE: unsigned requests and streams without tokens are accepted")
+    check_settings(settings)  # and warns (services.ingest.admission) when insecure
     redis = connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
     publisher = Publisher(
         redis,
