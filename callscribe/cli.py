@@ -1,4 +1,4 @@
-"""The ``callscribe`` command: ``callscribe {ingest,transcriber,gateway,simulate,watch,demo}``.
+"""The ``callscribe`` command: ``callscribe {ingest,transcriber,gateway,simulate,watch,demo,token}``.
 
 The three service subcommands hand their arguments to ``services.<name>.__main__.main(argv)``
 unchanged (so ``callscribe ingest --port 5000`` is ``python -m services.ingest --port 5000``).
@@ -92,6 +92,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         parse_params,
         signature_url,
         simulate,
+        webhook_signature_url,
     )
 
     try:
@@ -105,6 +106,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             auth_token=args.auth_token or None,
             signature_url=signature_url(args.public_url) if args.public_url else None,
+            webhook_signature_url=(
+                webhook_signature_url(args.public_url) if args.public_url else None
+            ),
             params=parse_params(args.param),
             open_timeout_s=args.open_timeout_s,
         )
@@ -137,6 +141,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         since=args.since,
         open_timeout_s=args.open_timeout_s,
         reconnects=args.reconnects,
+        token=args.token or None,
     )
     renderer = CallRenderer(sys.stdout)
 
@@ -144,6 +149,32 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         return await until_stopped(watch(options, renderer), stop)
 
     return run_interruptible(main)
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from services.gateway.auth import mint
+
+    secret = os.environ.get("JWT_SECRET", "")
+    if not secret:
+        print("callscribe token: set JWT_SECRET (the gateway's secret) first", file=sys.stderr)
+        return 2
+    scope = "call" if args.call else "numbers" if args.number else "all"
+    try:
+        token = mint(
+            secret,
+            scope=scope,
+            numbers=args.number,
+            call_sid=args.call,
+            history=args.history,
+            ttl_s=args.ttl_s,
+            subject=args.subject,
+            audience=os.environ.get("JWT_AUDIENCE") or "callscribe",
+        )
+    except ValueError as exc:
+        print(f"callscribe token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -200,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--auth-token",
         default=os.environ.get("TWILIO_AUTH_TOKEN"),
-        help="sign the handshake (X-Twilio-Signature); default $TWILIO_AUTH_TOKEN",
+        help="sign as Twilio (X-Twilio-Signature) and get each call's stream token from "
+        "/twiml first; default $TWILIO_AUTH_TOKEN",
     )
     sim.add_argument("--public-url", default=None, help="ingest's public base URL (signature URL)")
     sim.add_argument(
@@ -226,7 +258,30 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--reconnects", type=int, default=5, help="lost connections to survive before giving up"
     )
+    watch.add_argument(
+        "--token",
+        default=os.environ.get("CALLSCRIBE_TOKEN"),
+        help="bearer token for the gateway (callscribe token); default $CALLSCRIBE_TOKEN",
+    )
     watch.set_defaults(func=_cmd_watch)
+
+    token = sub.add_parser(
+        "token",
+        help="mint a watcher token for the gateway (HS256, $JWT_SECRET)",
+        description="Print a signed token (JWT, HS256 with $JWT_SECRET, audience $JWT_AUDIENCE "
+        "or callscribe) that lets its holder watch calls through the gateway. Without --number "
+        "or --call it sees every call.",
+    )
+    token.add_argument(
+        "--number", action="append", default=[], metavar="E164", help="only calls from/to it"
+    )
+    token.add_argument("--call", default=None, metavar="CALL_SID", help="only this call")
+    token.add_argument(
+        "--history", action="store_true", help="may replay what was said before subscribing"
+    )
+    token.add_argument("--ttl-s", type=float, default=3600.0, help="valid for this long (s)")
+    token.add_argument("--subject", default="operator", help="who holds it (the sub claim)")
+    token.set_defaults(func=_cmd_token)
 
     demo = sub.add_parser(
         "demo",

@@ -109,18 +109,26 @@ class Demo:
 
         audio = Path(self.options.audio) if self.options.audio else bundled_recording()
         tracks = load_tracks([audio])
+        # Explicitly insecure: the demo's calls come from this process, not Twilio, and its
+        # services listen on 127.0.0.1 only. Their start-up warnings about it are not printed,
+        # as they would only break into the live transcript; the first line says it instead.
         ingest = IngestSettings(
-            host="127.0.0.1", port=port_or_free(self.options.ingest_port, DEFAULT_INGEST_PORT)
+            host="127.0.0.1",
+            port=port_or_free(self.options.ingest_port, DEFAULT_INGEST_PORT),
+            twilio_insecure=True,
         )
-        if ingest.twilio_auth_token is None:
-            # the demo's calls come from this process, not Twilio: an unsigned-requests warning
-            # would only break into the live transcript
-            logging.getLogger("services.ingest.twiml").setLevel(logging.ERROR)
         gateway = GatewaySettings(
-            host="127.0.0.1", port=port_or_free(self.options.gateway_port, DEFAULT_GATEWAY_PORT)
+            host="127.0.0.1",
+            port=port_or_free(self.options.gateway_port, DEFAULT_GATEWAY_PORT),
+            gateway_auth="none",
         )
+        for name in ("services.ingest.admission", "services.ingest.twiml", "services.gateway.auth"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         transcriber = TranscriberSettings(asr_engine="whisper")
-        self.say(f"callscribe demo: Redis {_redacted(ingest.redis_url)}, embedded Whisper engine")
+        self.say(
+            f"callscribe demo: Redis {_redacted(ingest.redis_url)}, embedded Whisper engine, "
+            "no authentication (local only)"
+        )
         t0 = time.monotonic()
         engine = await _preload_engine(transcriber)
         if self.stop.is_set():  # Ctrl-C while the model loaded: start nothing

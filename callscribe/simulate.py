@@ -80,6 +80,11 @@ def signature_url(public_url: str) -> str:
     return f"{scheme}://{host}/{path or 'twilio'}"
 
 
+def webhook_signature_url(public_url: str) -> str:
+    """The URL Twilio signs for the voice webhook: ``https://h`` → ``https://h/twiml``."""
+    return public_url.rstrip("/") + "/twiml"
+
+
 def parse_params(items: list[str]) -> dict[str, str]:
     """``["From=+15550100", "To=+15550199"]`` → dict.
 
@@ -102,7 +107,9 @@ class SimulateOptions:
     ``speed``: pace multiplier (1.0 = real time, 0 = as fast as possible). ``loss``: fraction of packets dropped
     (0..1). ``outbound_delay_ms``: how late the callee's track starts. ``seed``: base of each
     call's loss pattern (call i uses ``seed + i``); None = random. ``auth_token``: signs the
-    handshake (X-Twilio-Signature) against ``signature_url`` (None = the ingest URL itself).
+    handshake (X-Twilio-Signature) against ``signature_url`` (None = the ingest URL itself)
+    and, like Twilio, first fetches each call's TwiML from ingest's ``/twiml`` (signed
+    against ``webhook_signature_url``) to stream with the one-time token it issues.
     """
 
     ingest_url: str
@@ -115,6 +122,7 @@ class SimulateOptions:
     signature_url: str | None = None
     params: dict[str, str] = field(default_factory=dict)
     open_timeout_s: float = 10.0
+    webhook_signature_url: str | None = None
 
 
 def _fmt_counts(counts: dict[str, Any]) -> str:
@@ -135,7 +143,7 @@ async def simulate(tracks: list[bytes], options: SimulateOptions, out: TextIO = 
     Raises:
         SimulateError: bad options (calls < 1, loss outside [0, 1), speed < 0).
     """
-    from callscribe.twilio_client import SimCall, stream_call
+    from callscribe.twilio_client import SimCall, stream_call, twiml_url
 
     if options.calls < 1:
         raise SimulateError("--calls must be at least 1")
@@ -176,6 +184,8 @@ async def simulate(tracks: list[bytes], options: SimulateOptions, out: TextIO = 
                 auth_token=options.auth_token,
                 signature_url=options.signature_url,
                 open_timeout_s=options.open_timeout_s,
+                webhook_url=twiml_url(options.ingest_url) if options.auth_token else None,
+                webhook_signature_url=options.webhook_signature_url,
             )
         except asyncio.CancelledError:
             raise

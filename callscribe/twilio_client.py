@@ -7,12 +7,16 @@ It sends what Twilio sends, in the same shapes and order
 per track from 1, then ``stop``. Packets can be dropped (``loss``, ``drop_packets``) and the
 outbound track can start late (``outbound_delay_ms``), as on a real call. The handshake can
 carry ``X-Twilio-Signature`` (https://www.twilio.com/docs/usage/webhooks/webhooks-security).
+Like Twilio, it can first ask the voice webhook (``/twiml``) for the call's TwiML and stream
+with the ``<Parameter>``s it names, which carry a secured ingest's one-time stream token
+(:func:`fetch_stream_parameters`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import math
 import random
@@ -177,6 +181,60 @@ def sign(url: str, params: dict[str, str], auth_token: str) -> str:
     return str(RequestValidator(auth_token).compute_signature(url, params))
 
 
+def twiml_url(stream_url: str) -> str:
+    """The voice webhook beside a stream URL: ``ws://h:5000/twilio`` → ``http://h:5000/twiml``."""
+    scheme, sep, rest = stream_url.partition("://")
+    scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    host, _, path = rest.partition("/")
+    prefix = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+    return f"{scheme}{sep}{host}/{prefix}twiml"
+
+
+async def fetch_stream_parameters(
+    url: str,
+    call: SimCall,
+    *,
+    auth_token: str | None = None,
+    signature_url: str | None = None,
+    timeout_s: float = 10.0,
+) -> dict[str, str]:
+    """POST the voice webhook at ``url`` as Twilio does for ``call`` (form parameters
+    ``CallSid``, ``AccountSid``, ``From``, ``To``, ``Direction``; signed over ``signature_url
+    or url`` when ``auth_token`` is given) and return the ``<Parameter>``s of its
+    ``<Stream>`` (https://www.twilio.com/docs/voice/twiml/stream#custom-parameters).
+
+    Raises:
+        RuntimeError: the webhook did not answer 200 with a ``<Stream>``.
+        aiohttp.ClientError, TimeoutError: it could not be reached within ``timeout_s``.
+    """
+    import xml.etree.ElementTree as ET
+
+    import aiohttp
+
+    form = {
+        "CallSid": call.call_sid,
+        "AccountSid": call.account_sid,
+        "From": call.custom_parameters.get("From", "+15550100"),
+        "To": call.custom_parameters.get("To", "+15550199"),
+        "Direction": "inbound",
+    }
+    headers = {}
+    if auth_token is not None:
+        headers["X-Twilio-Signature"] = sign(signature_url or url, form, auth_token)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url, data=form, headers=headers) as reply,
+    ):
+        text = await reply.text()
+        if reply.status != 200:
+            raise RuntimeError(f"{url} answered {reply.status}: {text.strip()[:200]}")
+    stream = ET.fromstring(text).find("./Start/Stream")
+    if stream is None:
+        raise RuntimeError(f"{url} answered TwiML without <Stream>")
+    return {str(p.get("name")): str(p.get("value")) for p in stream.findall("Parameter")}
+
+
 async def stream_call(
     url: str,
     call: SimCall,
@@ -185,8 +243,14 @@ async def stream_call(
     auth_token: str | None = None,
     signature_url: str | None = None,
     open_timeout_s: float = 10.0,
+    webhook_url: str | None = None,
+    webhook_signature_url: str | None = None,
 ) -> dict[str, Any]:
     """Send ``call`` to the Media Streams WebSocket at ``url``, paced like Twilio.
+
+    With ``webhook_url``, first fetch the call's TwiML there (:func:`fetch_stream_parameters`,
+    signed over ``webhook_signature_url`` when ``auth_token`` is given) and send the
+    ``<Parameter>``s it names (the stream token among them) in ``start``.
 
     Args:
         url: e.g. ``ws://127.0.0.1:5000/twilio``.
@@ -207,6 +271,15 @@ async def stream_call(
         websockets.exceptions.InvalidStatus: the handshake was refused (e.g. 403).
         OSError, TimeoutError: the server could not be reached in ``open_timeout_s``.
     """
+    if webhook_url is not None:
+        given = await fetch_stream_parameters(
+            webhook_url,
+            call,
+            auth_token=auth_token,
+            signature_url=webhook_signature_url,
+            timeout_s=open_timeout_s,
+        )
+        call = dataclasses.replace(call, custom_parameters={**call.custom_parameters, **given})
     messages, counts = _build(call)
     headers = {}
     if auth_token is not None:

@@ -45,7 +45,9 @@ class WatchOptions:
     ``wait_for_start``: with ``call_sid``, subscribe only once that call is live (listed or
     ``call_started``), from its start (the demo, which starts its watcher before its call).
     ``reconnects``: how many lost connections to survive (``reconnect_delay_s`` apart).
-    ``tick_s``: progress refresh period on a TTY.
+    ``tick_s``: progress refresh period on a TTY. ``token``: the bearer token sent as
+    ``Authorization: Bearer`` (``callscribe token`` mints one); None when the gateway runs
+    with ``GATEWAY_AUTH=none``.
     """
 
     url: str
@@ -57,6 +59,7 @@ class WatchOptions:
     reconnects: int = 5
     reconnect_delay_s: float = 1.0
     tick_s: float = 1.0
+    token: str | None = None
 
 
 def v1_url(url: str) -> str:
@@ -116,10 +119,14 @@ class Watcher:
     async def _run(self) -> int:
         url = v1_url(self.options.url)
         failures = 0
+        headers = {"Authorization": f"Bearer {self.options.token}"} if self.options.token else {}
         while True:
             try:
                 async with connect(
-                    url, open_timeout=self.options.open_timeout_s, close_timeout=2.0
+                    url,
+                    open_timeout=self.options.open_timeout_s,
+                    close_timeout=2.0,
+                    additional_headers=headers,
                 ) as ws:
                     failures = 0
                     done = await self._session(ws)
@@ -129,6 +136,9 @@ class Watcher:
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 reason = f"cannot reach the gateway at {url} ({exc.__class__.__name__}: {exc})"
             except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == 1008:  # policy: retrying won't help
+                    self.renderer.note(f"refused by the gateway: {exc.rcvd.reason}")
+                    return EXIT_FAILED
                 reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
             failures += 1
             if failures > self.options.reconnects:

@@ -3,9 +3,11 @@
 ::
 
     CallscribeError
+    ├── ConfigError              settings a service refuses to start with (one line, exit 2)
     ├── BadInput                 something a peer sent that we refuse (never a crash)
     │   ├── TwilioMessageError   a malformed or out-of-order Twilio Media Streams message
-    │   └── ClientMessageError   a gateway client speaking nonsense
+    │   ├── ClientMessageError   a gateway client speaking nonsense
+    │   └── Unauthorized         no valid bearer token (HTTP 401, WebSocket close 1008)
     └── TransportError           a network peer failed; ``retryable`` says whether to try again
         ├── RedisUnavailable
         └── AsrError             the speech engine (Deepgram socket, embedded model) failed
@@ -19,6 +21,11 @@ from __future__ import annotations
 
 class CallscribeError(Exception):
     """Root of every error callscribe raises on purpose."""
+
+
+class ConfigError(CallscribeError):
+    """A service cannot start with these settings (e.g. no key while authentication is on);
+    the message says which setting to give, in one line."""
 
 
 class BadInput(CallscribeError):
@@ -39,6 +46,14 @@ class TwilioMessageError(BadInput):
 
 class ClientMessageError(BadInput):
     """A gateway client sent a message outside the protocol."""
+
+
+class Unauthorized(BadInput):
+    """A client presented no token, or one that is expired, badly signed or for another
+    audience; ``code`` is ``unauthorized``. The message says why without echoing the token."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unauthorized", message)
 
 
 class TransportError(CallscribeError):

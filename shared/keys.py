@@ -47,6 +47,18 @@ def worker(consumer: str) -> str:
     return f"{WORKERS_PREFIX}{consumer}"
 
 
+def stream_token(call_sid: str, token_hash: str) -> str:
+    """STRING ``1`` with a TTL: a one-time stream token the TwiML webhook issued for this call
+    (``token_hash``: SHA-256 hex of the token, so the token itself is never stored)."""
+    return f"cs:{{{call_sid}}}:streamtoken:{token_hash}"
+
+
+def admitted(call_sid: str) -> str:
+    """STRING ``1`` with a TTL: the call's one stream has been admitted; any later ``start``
+    with this callSid is refused (a live or ended call cannot be taken over)."""
+    return f"cs:{{{call_sid}}}:admitted"
+
+
 def call_keys(call_sid: str) -> tuple[str, str, str]:
     """The keys that expire together once a call has ended: meta, audio, transcript."""
     return meta(call_sid), audio(call_sid), transcript(call_sid)

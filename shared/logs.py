@@ -17,11 +17,20 @@ import time
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+_ESCAPES.update({ord("\\"): "\\\\", ord('"'): '\\"'})
+_PLAIN = frozenset(chr(c) for c in _ESCAPES) | {" ", "="}
+
 
 def _quote(value: object) -> str:
+    """``value`` as one logfmt value: quoted when it holds a space, ``=``, a quote or a control
+    character, with every control character (``\\r``, ESC, C1, line separators) escaped, so a
+    value a peer chose can neither start a forged log line nor drive a terminal."""
     s = str(value)
-    if s == "" or any(c in s for c in ' "=\n\t'):
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if s == "" or not _PLAIN.isdisjoint(s):
+        return '"' + s.translate(_ESCAPES) + '"'
     return s
 
 

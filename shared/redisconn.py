@@ -52,11 +52,23 @@ def is_memory(url: str) -> bool:
     return url.startswith("memory://")
 
 
-def connect(url: str, *, socket_timeout_s: float = 30.0, **kwargs: Any) -> aioredis.Redis:
+def connect(
+    url: str,
+    *,
+    socket_timeout_s: float = 30.0,
+    pool_max_connections: int | None = None,
+    pool_timeout_s: float | None = None,
+    **kwargs: Any,
+) -> aioredis.Redis:
     """Return a ``redis.asyncio.Redis`` for ``url`` with responses as bytes.
 
     ``socket_timeout_s`` is set explicitly (redis-py 8 defaults to 5 s) and must be longer than
     any ``BLOCK`` the caller uses. ``health_check_interval`` keeps idle pub/sub sockets honest.
+    With ``pool_timeout_s`` the client uses a ``BlockingConnectionPool`` of
+    ``pool_max_connections`` (default 100): a command that finds every connection busy waits
+    up to ``pool_timeout_s`` for one instead of failing at once (redis-py's default pool
+    raises "Too many connections";
+    https://redis.readthedocs.io/en/stable/connections.html#connectionpool-async).
     """
     if is_memory(url):
         import fakeredis
@@ -64,6 +76,19 @@ def connect(url: str, *, socket_timeout_s: float = 30.0, **kwargs: Any) -> aiore
         server = _fake_servers.setdefault(url, fakeredis.FakeServer())
         client: aioredis.Redis = _memory_redis_class()(server=server, **kwargs)
         return client
+    if pool_timeout_s is not None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_max_connections or 100,
+            timeout=pool_timeout_s,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=min(socket_timeout_s, 5.0),
+            health_check_interval=15,
+            retry_on_timeout=False,
+            **kwargs,
+        )
+        blocking: aioredis.Redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose closes it
+        return blocking
     return aioredis.Redis.from_url(
         url,
         socket_timeout=socket_timeout_s,

@@ -20,7 +20,7 @@ import json
 import time
 from typing import Annotated, Any, Literal, NotRequired, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from shared.errors import ClientMessageError, TwilioMessageError
@@ -33,22 +33,50 @@ class _TwilioModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
 
+MAX_SID_CHARS = 64
+"""Twilio SIDs are 34 characters (two letters, 32 hex digits); longer is refused."""
+
+MAX_CUSTOM_PARAMETERS = 16
+"""``customParameters`` entries accepted in a ``start`` (our TwiML sends four)."""
+
+MAX_PARAMETER_NAME_CHARS = 64
+MAX_PARAMETER_VALUE_CHARS = 256
+"""Longest name / value of one custom parameter (Twilio documents none; phone numbers are 16)."""
+
+MAX_PAYLOAD_CHARS = 10_668
+"""Longest ``media.payload``: base64 of 8000 bytes, one second of audio (Twilio sends 160 bytes,
+216 characters, per packet); more would let one message write minutes of audio."""
+
+
+def _check_parameters(params: dict[str, str]) -> dict[str, str]:
+    if len(params) > MAX_CUSTOM_PARAMETERS:
+        raise ValueError(f"at most {MAX_CUSTOM_PARAMETERS} custom parameters")
+    for name, value in params.items():
+        if len(name) > MAX_PARAMETER_NAME_CHARS or len(value) > MAX_PARAMETER_VALUE_CHARS:
+            raise ValueError("custom parameter name or value too long")
+    return params
+
+
+CustomParameters = Annotated[dict[str, str], AfterValidator(_check_parameters)]
+"""``start.customParameters``, within :data:`MAX_CUSTOM_PARAMETERS` and the lengths above."""
+
+
 class MediaFormat(_TwilioModel):
     """``start.mediaFormat``: always ``audio/x-mulaw`` at 8000 Hz, 1 channel per track."""
 
-    encoding: str
-    sample_rate: int = Field(alias="sampleRate")
-    channels: int = 1
+    encoding: str = Field(max_length=64)
+    sample_rate: int = Field(alias="sampleRate", ge=0, le=1_000_000)
+    channels: int = Field(default=1, ge=0, le=64)
 
 
 class StartInfo(_TwilioModel):
     """``start``: the stream's metadata, sent once after ``connected``."""
 
-    account_sid: str = Field(alias="accountSid", min_length=1)
-    stream_sid: str = Field(alias="streamSid", min_length=1)
+    account_sid: str = Field(alias="accountSid", min_length=1, max_length=MAX_SID_CHARS)
+    stream_sid: str = Field(alias="streamSid", min_length=1, max_length=MAX_SID_CHARS)
     call_sid: str = Field(alias="callSid", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     tracks: list[Literal["inbound", "outbound"]] = Field(min_length=1, max_length=2)
-    custom_parameters: dict[str, str] = Field(default_factory=dict, alias="customParameters")
+    custom_parameters: CustomParameters = Field(default_factory=dict, alias="customParameters")
     media_format: MediaFormat = Field(alias="mediaFormat")
 
 
@@ -57,36 +85,36 @@ class MediaInfo(_TwilioModel):
 
     track: Literal["inbound", "outbound"]
     chunk: int = Field(ge=0)
-    timestamp: int = Field(ge=0)
-    payload: str
+    timestamp: int = Field(ge=0, le=2**40)
+    payload: str = Field(max_length=MAX_PAYLOAD_CHARS)
 
 
 class DtmfInfo(_TwilioModel):
     """``dtmf``: a key the caller pressed (``track`` is ``inbound_track``)."""
 
-    track: str = "inbound_track"
-    digit: str
+    track: str = Field(default="inbound_track", max_length=32)
+    digit: str = Field(max_length=8)
 
 
 class MarkInfo(_TwilioModel):
     """``mark``: the name of a mark (bidirectional streams only)."""
 
-    name: str
+    name: str = Field(max_length=256)
 
 
 class StopInfo(_TwilioModel):
     """``stop``: the stream has ended."""
 
-    account_sid: str | None = Field(default=None, alias="accountSid")
-    call_sid: str | None = Field(default=None, alias="callSid")
+    account_sid: str | None = Field(default=None, alias="accountSid", max_length=MAX_SID_CHARS)
+    call_sid: str | None = Field(default=None, alias="callSid", max_length=MAX_SID_CHARS)
 
 
 class TwilioConnected(_TwilioModel):
     """``{"event": "connected", "protocol": "Call", "version": "1.0.0"}``."""
 
     event: Literal["connected"]
-    protocol: str | None = None
-    version: str | None = None
+    protocol: str | None = Field(default=None, max_length=64)
+    version: str | None = Field(default=None, max_length=64)
 
 
 class TwilioStart(_TwilioModel):
@@ -94,7 +122,7 @@ class TwilioStart(_TwilioModel):
 
     event: Literal["start"]
     sequence_number: int | None = Field(default=None, alias="sequenceNumber")
-    stream_sid: str | None = Field(default=None, alias="streamSid")
+    stream_sid: str | None = Field(default=None, alias="streamSid", max_length=MAX_SID_CHARS)
     start: StartInfo
 
 
@@ -103,7 +131,7 @@ class TwilioMedia(_TwilioModel):
 
     event: Literal["media"]
     sequence_number: int | None = Field(default=None, alias="sequenceNumber")
-    stream_sid: str | None = Field(default=None, alias="streamSid")
+    stream_sid: str | None = Field(default=None, alias="streamSid", max_length=MAX_SID_CHARS)
     media: MediaInfo
 
 
@@ -112,7 +140,7 @@ class TwilioDtmf(_TwilioModel):
 
     event: Literal["dtmf"]
     sequence_number: int | None = Field(default=None, alias="sequenceNumber")
-    stream_sid: str | None = Field(default=None, alias="streamSid")
+    stream_sid: str | None = Field(default=None, alias="streamSid", max_length=MAX_SID_CHARS)
     dtmf: DtmfInfo
 
 
@@ -121,7 +149,7 @@ class TwilioMark(_TwilioModel):
 
     event: Literal["mark"]
     sequence_number: int | None = Field(default=None, alias="sequenceNumber")
-    stream_sid: str | None = Field(default=None, alias="streamSid")
+    stream_sid: str | None = Field(default=None, alias="streamSid", max_length=MAX_SID_CHARS)
     mark: MarkInfo
 
 
@@ -130,7 +158,7 @@ class TwilioStop(_TwilioModel):
 
     event: Literal["stop"]
     sequence_number: int | None = Field(default=None, alias="sequenceNumber")
-    stream_sid: str | None = Field(default=None, alias="streamSid")
+    stream_sid: str | None = Field(default=None, alias="streamSid", max_length=MAX_SID_CHARS)
     stop: StopInfo = Field(default_factory=StopInfo)
 
 
@@ -175,17 +203,17 @@ def parse_twilio(raw: str | bytes) -> TwilioMessage:
     raise TwilioMessageError("bad_message", f"malformed {event} message")  # pragma: no cover
 
 
-class _MediaFields(TypedDict):
+class _MediaFields(TypedDict):  # the checks of MediaInfo, field for field
     track: Literal["inbound", "outbound"]
     chunk: Annotated[int, Field(ge=0)]
-    timestamp: Annotated[int, Field(ge=0)]
-    payload: str
+    timestamp: Annotated[int, Field(ge=0, le=2**40)]
+    payload: Annotated[str, Field(max_length=MAX_PAYLOAD_CHARS)]
 
 
 class _MediaMessage(TypedDict):
     event: Literal["media"]
     sequenceNumber: NotRequired[int | None]
-    streamSid: NotRequired[str | None]
+    streamSid: NotRequired[Annotated[str, Field(max_length=MAX_SID_CHARS)] | None]
     media: _MediaFields
 
 

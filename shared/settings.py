@@ -45,7 +45,10 @@ class CommonSettings(BaseSettings):
 class IngestSettings(CommonSettings):
     """`python -m services.ingest`: Twilio Media Streams in, mixed frames to Redis out."""
 
-    host: str = Field(default="0.0.0.0", description="Address ingest listens on")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address ingest listens on; local only unless set (`0.0.0.0` in a container, behind a TLS proxy)",
+    )
     port: int = Field(default=5000, description="Port ingest listens on")
     frame_ms: int = Field(default=100, ge=20, le=1000, description="Length of one mixed frame")
     reorder_ms: int = Field(
@@ -55,7 +58,14 @@ class IngestSettings(CommonSettings):
         description="How long a frame waits for late or reordered packets before it is written",
     )
     max_gap_ms: int = Field(
-        default=60_000, gt=0, description="Largest timestamp jump accepted as packet loss"
+        default=5_000,
+        gt=0,
+        description="Largest timestamp jump accepted as packet loss; a larger one is refused (the packet is dropped)",
+    )
+    silence_budget_ms: int = Field(
+        default=10_000,
+        gt=0,
+        description="Silence a call's timestamp jumps may add beyond one packet length per packet received; past it the call is ended (close 1008)",
     )
     stream_idle_s: float = Field(
         default=30.0,
@@ -66,16 +76,48 @@ class IngestSettings(CommonSettings):
         default=20_000, gt=0, description="Frames buffered for Redis across calls before dropping"
     )
     twilio_auth_token: SecretStr | None = Field(
-        default=None, description="When set, every Twilio request must carry a valid signature"
+        default=None,
+        description="Every Twilio request must carry a valid signature made with it; required unless `TWILIO_INSECURE` is set",
     )
     public_url: str | None = Field(
-        default=None, description="Public base URL Twilio reaches ingest at (signature checks)"
+        default=None,
+        description="Public base URL Twilio reaches ingest at (signature checks, TwiML stream URL); required unless `TWILIO_INSECURE` is set",
+    )
+    twilio_account_sid: str | None = Field(
+        default=None,
+        description="When set, a stream whose `start.accountSid` differs is refused",
+    )
+    twilio_insecure: bool = Field(
+        default=False,
+        description="Accept unsigned requests and streams without a stream token (the demo and tests only); logs a warning at start",
+    )
+    stream_token_ttl_s: int = Field(
+        default=120,
+        gt=0,
+        description="How long a stream token issued by /twiml stays valid (one use)",
+    )
+    admission_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Longest wait for Redis to admit a stream at `start`; no answer refuses the call",
+    )
+    stream_max_msgs_per_s: int = Field(
+        default=1_000,
+        gt=0,
+        description="Average messages per second one /twilio socket may send (Twilio sends 100); faster ones are read more slowly",
+    )
+    max_connections_per_ip: int = Field(
+        default=2_000,
+        gt=0,
+        description="Open /twilio sockets per client address (Twilio's media servers share addresses); more get HTTP 429",
     )
     forward_to: str | None = Field(
         default=None, description="Number the TwiML webhook dials after starting the stream"
     )
 
-    @field_validator("twilio_auth_token", "public_url", "forward_to", mode="before")
+    @field_validator(
+        "twilio_auth_token", "public_url", "forward_to", "twilio_account_sid", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
@@ -193,7 +235,10 @@ class TranscriberSettings(CommonSettings):
 class GatewaySettings(CommonSettings):
     """`python -m services.gateway`: clients list calls, subscribe, read history."""
 
-    host: str = Field(default="0.0.0.0", description="Address the gateway listens on")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the gateway listens on; local only unless set (`0.0.0.0` in a container, behind a TLS proxy)",
+    )
     port: int = Field(default=8080, description="Port the gateway listens on")
     client_queue_max: int = Field(
         default=256,
@@ -215,6 +260,62 @@ class GatewaySettings(CommonSettings):
         gt=0,
         description="A client that takes longer to accept one message is dropped",
     )
+    gateway_auth: Literal["jwt", "none"] = Field(
+        default="jwt",
+        description="`jwt`: every client needs a bearer token (`JWT_SECRET` or `JWKS_URL`); `none`: no authentication (the demo only; logs a warning at start)",
+    )
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="Shared secret of HS256 tokens (`callscribe token` mints them)"
+    )
+    jwks_url: str | None = Field(
+        default=None, description="JWKS URL of an identity provider whose RS/ES tokens are accepted"
+    )
+    jwt_audience: str = Field(default="callscribe", description="The `aud` every token must carry")
+    allowed_origins: str = Field(
+        default="",
+        description="Comma-separated browser origins allowed on WebSockets besides the gateway's own (e.g. `https://ops.example.com`); no Origin header is allowed, `null` never",
+    )
+    client_queue_max_bytes: int = Field(
+        default=1 << 20,
+        gt=0,
+        description="Characters (≈ bytes) queued per client before the slow-client policy acts",
+    )
+    client_idle_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A WebSocket client that follows nothing and sends nothing this long is closed (1008)",
+    )
+    client_max_msgs_per_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="Messages per second a /v1/ws client may send (burst: 5 s worth); faster is closed (1008)",
+    )
+    max_connections_per_ip: int = Field(
+        default=200,
+        gt=0,
+        description="Open WebSockets per client address; more get HTTP 429",
+    )
+    http_max_requests_per_s: float = Field(
+        default=50.0,
+        gt=0,
+        description="HTTP requests per second per client address (burst: 2 s worth); more get 429",
+    )
+    redis_max_connections: int = Field(
+        default=100,
+        gt=0,
+        description="Connections of the gateway's Redis pool; a request waits up to `REDIS_TIMEOUT_S` for a free one",
+    )
+
+    @field_validator("jwt_secret", "jwks_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    def origins(self) -> frozenset[str]:
+        """``ALLOWED_ORIGINS`` as a set of ``scheme://host[:port]`` strings (no trailing slash)."""
+        return frozenset(
+            o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip()
+        )
 
 
 SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {

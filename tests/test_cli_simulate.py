@@ -103,7 +103,7 @@ async def _read_audio(redis, call_sid: str) -> tuple[bytes, int]:
 
 async def test_simulate_two_lossy_calls_into_ingest(redis_url: str, redis, tmp_path: Path) -> None:
     """Two calls get distinct SIDs; lost packets and a late outbound track become silence in place."""
-    settings = IngestSettings(host="127.0.0.1", port=0, redis_url=redis_url)
+    settings = IngestSettings(host="127.0.0.1", port=0, redis_url=redis_url, twilio_insecure=True)
     stop = asyncio.Event()
     bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     wav = _write_wav(tmp_path / "call.wav", 2, 16000, 1.0)

@@ -22,7 +22,7 @@ SID = "CA" + "5" * 32
 @pytest.fixture
 async def gateway_port(redis_url: str) -> AsyncIterator[int]:
     """A real gateway on 127.0.0.1 port 0, stopped after the test."""
-    settings = GatewaySettings(host="127.0.0.1", port=0, redis_url=redis_url)
+    settings = GatewaySettings(host="127.0.0.1", port=0, redis_url=redis_url, gateway_auth="none")
     stop = asyncio.Event()
     bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(gateway_app.run(settings, stop=stop, bound=bound))
@@ -149,7 +149,7 @@ async def test_watch_survives_a_gateway_restart_without_gap_or_duplicate(
     from tests.redis_server import free_port
 
     port = free_port()
-    settings = GatewaySettings(host="127.0.0.1", port=port, redis_url=redis_url)
+    settings = GatewaySettings(host="127.0.0.1", port=port, redis_url=redis_url, gateway_auth="none")
 
     async def start_gateway() -> tuple[asyncio.Event, asyncio.Task[None]]:
         stop = asyncio.Event()

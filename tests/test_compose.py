@@ -40,13 +40,36 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+SHELL = {
+    "REDIS_PASSWORD": "test-password",
+    "TWILIO_AUTH_TOKEN": "test-twilio-token",
+    "PUBLIC_URL": "https://ingest.example.com",
+    "JWT_SECRET": "test-jwt-secret-of-at-least-32-bytes",
+}
+"""What an operator's shell (or .env) gives compose: the secrets it requires."""
+
+
+def _substitute(value: str, shell: dict[str, str]) -> str:
+    """Compose's ``${VAR:-default}`` and ``${VAR:?error}`` with ``shell`` as the environment."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if shell.get(name):
+            return shell[name]
+        assert op == ":-", f"compose would refuse to start: {name} unset ({arg})"
+        return arg
+
+    return re.sub(r"\$\{([A-Z_]+)(:-|:\?)([^}]*)\}", one, value)
+
+
 def _env_for(service: dict[str, Any], redis_url: str) -> dict[str, str]:
-    """The process environment compose would give ``service`` with an empty shell environment."""
+    """The process environment compose would give ``service`` with a shell environment that
+    sets only the required secrets (:data:`SHELL`)."""
     env = {k: v for k, v in os.environ.items() if k not in service["environment"]}
     for name, value in service["environment"].items():
         if value is None:
             continue  # passed through from the shell only when set there
-        env[name] = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+        env[name] = _substitute(str(value), SHELL)
     env["REDIS_URL"] = redis_url
     return env
 
@@ -57,6 +80,10 @@ def test_compose_services_and_policies(compose: dict[str, Any]) -> None:
     assert set(services) == {"redis", "ingest", "transcriber", "gateway"}
     assert services["redis"]["image"] == "redis:7"
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    # requirepass from REDIS_PASSWORD, which redis-cli (the healthcheck) reads as REDISCLI_AUTH
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == "${REDIS_PASSWORD:?set REDIS_PASSWORD}"
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == command[-1]
     for name in SERVICES:
         svc = services[name]
         assert svc["restart"] == "unless-stopped"
@@ -97,7 +124,7 @@ def test_environment_names_are_settings_fields(compose: dict[str, Any]) -> None:
         env = compose["services"][name]["environment"]
         assert required <= set(env), name
         assert set(env) <= every_field, set(env) - every_field
-        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert _substitute(env["REDIS_URL"], SHELL) == "redis://:test-password@redis:6379/0"
     own = {f.upper() for f in IngestSettings.model_fields}
     assert {"TWILIO_AUTH_TOKEN", "PUBLIC_URL", "FORWARD_TO"} <= own
     assert {"DEEPGRAM_API_KEY", "ASR_ENGINE"} <= {
@@ -126,7 +153,10 @@ def test_ports_agree_with_settings_and_dockerfile(compose: dict[str, Any]) -> No
         default = SETTINGS[name]().port
         command = svc["command"]
         assert int(command[command.index("--port") + 1]) == default
-        assert svc["ports"] == [f"{default}:{default}"]
+        assert command[command.index("--host") + 1] == "0.0.0.0"  # inside the container
+        # published on the host's loopback unless the operator says otherwise (README)
+        bind = f"{name.upper()}_BIND"
+        assert svc["ports"] == [f"${{{bind}:-127.0.0.1}}:{default}:{default}"]
         assert f":{default}/healthz" in " ".join(svc["healthcheck"]["test"])
         published.add(default)
     assert exposed == published == {5000, 8080}

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from services.gateway.app import run
+from services.gateway.auth import Authenticator
+from shared.errors import ConfigError
 from shared.logs import setup_logging
 from shared.service import run_until_signal
 from shared.settings import GatewaySettings
@@ -20,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings.model_copy(update={"host": args.host, "port": args.port})
     setup_logging(settings.log_level)
+    try:
+        Authenticator(settings)  # refuse to start without a key: one line, exit 2
+    except ConfigError as exc:
+        print(f"callscribe gateway: {exc}", file=sys.stderr)
+        return 2
     return run_until_signal(lambda stop: run(settings, stop=stop))
 
 

@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from services.gateway import rest
+from services.gateway.auth import Authenticator, auth_middleware
 from services.gateway.clients import Gateway, json_endpoint, tutorial_endpoint
 from services.gateway.connection import Connections
 from services.gateway.hub import Hub
@@ -35,6 +36,7 @@ def make_hub(settings: GatewaySettings) -> Hub:
         reconnect_min_s=settings.reconnect_min_s,
         reconnect_max_s=settings.reconnect_max_s,
         ping_interval_s=settings.ping_interval_s,
+        max_connections=settings.redis_max_connections,
     )
 
 
@@ -47,7 +49,8 @@ def build_app(gateway: Gateway) -> web.Application:
     async def v1_ws(request: web.Request) -> web.StreamResponse:
         return await json_endpoint(request, gateway)
 
-    app = web.Application()
+    # the rate limit first (it also covers refused tokens), then authentication
+    app = web.Application(middlewares=[gateway.guard.middleware(), auth_middleware(gateway.auth)])
     app[rest.GATEWAY] = gateway
     app[rest.INDEX_HTML] = rest.index_html()
     app.router.add_get("/", rest.index)
@@ -72,10 +75,12 @@ async def run(
     ``bound`` receives the listening port (useful with port 0).
 
     Raises:
+        ConfigError: authentication is on (the default) without ``JWT_SECRET`` or ``JWKS_URL``.
         OSError: the address cannot be bound.
     """
+    auth = Authenticator(settings)  # first: refuse to start before anything listens
     hub = make_hub(settings)
-    gateway = Gateway(settings=settings, hub=hub, connections=Connections())
+    gateway = Gateway(settings=settings, hub=hub, connections=Connections(), auth=auth)
     app = build_app(gateway)
     closed = 0
     try:

@@ -44,7 +44,7 @@ from shared import keys
 from shared.errors import ClientMessageError, RedisUnavailable
 from shared.redisconn import connect, stream_id_tuple
 from shared.retry import REDIS_FAILURES, Backoff, cmd
-from shared.schema import ErrorEvent
+from shared.schema import CallMeta, ErrorEvent
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,16 @@ class Hub:
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 2.0,
         ping_interval_s: float = 5.0,
+        max_connections: int = 100,
     ) -> None:
+        # a request finding every pooled connection busy waits (up to redis_timeout_s) for one
+        # rather than failing with "Too many connections" while Redis is healthy
         self.redis: aioredis.Redis = connect(
-            redis_url, socket_timeout_s=socket_timeout_s, retry=Retry(NoBackoff(), 1)
+            redis_url,
+            socket_timeout_s=socket_timeout_s,
+            retry=Retry(NoBackoff(), 1),
+            pool_max_connections=max_connections,
+            pool_timeout_s=redis_timeout_s,
         )
         self._ps_client: aioredis.Redis = connect(
             redis_url, socket_timeout_s=socket_timeout_s, retry=Retry(NoBackoff(), 0)
@@ -169,9 +176,12 @@ class Hub:
         log.info("subscribed", extra={"call_sid": call_sid, "local_subscribers": len(ch.subs)})
         return sub
 
-    def attach_watcher(self, outbox: Outbox) -> CallsWatcher:
-        """Push ``calls`` (a snapshot) then ``call_started``/``call_ended`` events to ``outbox``."""
-        sub = CallsWatcher(outbox, self._pending_max)
+    def attach_watcher(
+        self, outbox: Outbox, keep: Callable[[CallMeta], bool] | None = None
+    ) -> CallsWatcher:
+        """Push ``calls`` (a snapshot) then ``call_started``/``call_ended`` events to ``outbox``,
+        only of the calls ``keep`` accepts (None: all)."""
+        sub = CallsWatcher(outbox, self._pending_max, keep)
         ch = self._join(keys.CALL_EVENTS, None, sub)
         self._ensure_resync(sub, ch)
         return sub
@@ -400,7 +410,7 @@ class Hub:
             calls = await store.active_calls(r, t)
             if epoch != self._epoch:
                 return False
-            sub.outbox.put(store.calls_message(calls))
+            sub.outbox.put(store.calls_message(sub.visible(calls)))
             sub.drain_pending()
             return True
         if not isinstance(sub, CallSubscriber) or ch.call_sid is None:

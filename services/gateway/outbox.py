@@ -4,7 +4,8 @@ The policy (docs/protocol.md, "Delivery promises": interims may be dropped under
 may not):
 
 * Every client connection has one :class:`Outbox` holding at most ``maxlen`` messages
-  (``GatewaySettings.client_queue_max``), drained by the connection's own sender task
+  (``GatewaySettings.client_queue_max``) and ``max_chars`` characters of them
+  (``client_queue_max_bytes``; JSON is mostly ASCII, so ≈ bytes), drained by the connection's own sender task
   (:meth:`Outbox.pump`) which gives each send at most ``send_timeout_s``.
 * The hub never waits for a client: :meth:`Outbox.put` is synchronous and O(1) unless the
   queue is full, so one slow client never delays the others.
@@ -16,7 +17,8 @@ may not):
   resubscribe with ``since`` = the last final ID it got: finals are never dropped silently.
 * A send that takes longer than ``send_timeout_s`` disconnects the client with 1013 as well.
 
-Memory per client is therefore bounded by ``maxlen`` messages plus the transport's own buffer
+Memory per client is therefore bounded by ``maxlen`` messages and ``max_chars`` characters
+(a message larger than ``max_chars`` on its own still passes when the queue is empty) plus the transport's own buffer
 (aiohttp waits for the transport to drain past its high-water mark). Cf. django/channels_redis ``BoundedQueue`` and
 https://websockets.readthedocs.io/en/stable/topics/broadcast.html.
 """
@@ -104,14 +106,17 @@ class CloseRequest:
 class Outbox:
     """A bounded queue of text frames for one client (see the module docstring for the policy).
 
-    ``maxlen`` is in messages (> 0). ``direct``, when set, is tried first for each message put
+    ``maxlen`` is in messages (> 0), ``max_chars`` in characters of queued text (> 0; None =
+    no bound). The queue is "full" when either is reached. ``direct``, when set, is tried first for each message put
     while the queue is empty (see :class:`DirectWriter`); a message it writes counts as sent.
     """
 
     __slots__ = (
+        "_chars",
         "_close_evt",
         "_closing",
         "_droppable",
+        "_max_chars",
         "_maxlen",
         "_queue",
         "_ready",
@@ -121,10 +126,12 @@ class Outbox:
         "sent",
     )
 
-    def __init__(self, maxlen: int) -> None:
-        if maxlen <= 0:
-            raise ValueError("maxlen must be > 0")
+    def __init__(self, maxlen: int, max_chars: int | None = None) -> None:
+        if maxlen <= 0 or (max_chars is not None and max_chars <= 0):
+            raise ValueError("maxlen and max_chars must be > 0")
         self._maxlen = maxlen
+        self._max_chars = max_chars if max_chars is not None else 1 << 62
+        self._chars = 0
         self._queue: deque[tuple[str, bool]] = deque()
         self._droppable = 0
         self._ready = asyncio.Event()
@@ -147,8 +154,9 @@ class Outbox:
         return len(self._queue)
 
     def has_space(self) -> bool:
-        """True when a :meth:`put` now would not evict or overflow."""
-        return len(self._queue) < self._maxlen
+        """True when a :meth:`put` now would not evict or overflow (by count, or past half the
+        character bound: room left for a message)."""
+        return len(self._queue) < self._maxlen and self._chars * 2 < self._max_chars
 
     async def wait_space(self) -> bool:
         """Wait until :meth:`has_space` (for history replay, which may wait for the client).
@@ -171,7 +179,8 @@ class Outbox:
         if not queue and self.direct is not None and self.direct(text):
             self.sent += 1
             return True
-        if len(queue) >= self._maxlen:
+        size = len(text)
+        while queue and (len(queue) >= self._maxlen or self._chars + size > self._max_chars):
             if self._droppable:
                 self._evict_oldest_droppable()
             elif droppable:
@@ -181,6 +190,7 @@ class Outbox:
                 self.close(CLOSE_TRY_LATER, SLOW_REASON, drain=False)
                 return False
         queue.append((text, droppable))
+        self._chars += size
         if droppable:
             self._droppable += 1
         self._ready.set()
@@ -188,9 +198,10 @@ class Outbox:
 
     def _evict_oldest_droppable(self) -> None:
         queue = self._queue
-        for i, (_, droppable) in enumerate(queue):
+        for i, (text, droppable) in enumerate(queue):
             if droppable:
                 del queue[i]
+                self._chars -= len(text)
                 self._droppable -= 1
                 self.dropped += 1
                 return
@@ -206,6 +217,7 @@ class Outbox:
         if not drain:
             self._queue.clear()
             self._droppable = 0
+            self._chars = 0
         self._ready.set()
         self._space.set()
         self._close_evt.set()
@@ -240,6 +252,7 @@ class Outbox:
             if self._closing is not None and not self._closing.drain:
                 return
             text, droppable = queue.popleft()
+            self._chars -= len(text)
             if droppable:
                 self._droppable -= 1
             self._space.set()

@@ -2,7 +2,11 @@
 
 JSON in, JSON out (docs/protocol.md, "REST"). Errors are ``ErrorEvent`` JSON bodies:
 404 ``unknown_call``, 400 ``bad_request`` (a ``since`` that is not a stream ID), 503
-``unavailable`` when Redis does not answer within the hub's ``redis_timeout_s``.
+``unavailable`` when Redis does not answer within the hub's ``redis_timeout_s``; 401
+``unauthorized`` comes from :func:`services.gateway.auth.auth_middleware`, which leaves the
+token's :class:`~services.gateway.auth.Grant` in ``request[GRANT]``. A call outside the
+grant's scope is a 404 like a call that does not exist; a transcript needs ``history`` (403
+``forbidden`` otherwise).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from importlib import resources
 from aiohttp import web
 
 from services.gateway import store
+from services.gateway.auth import GRANT, Grant
 from services.gateway.clients import Gateway
 from shared.errors import RedisUnavailable
 from shared.redisconn import stream_id_tuple
@@ -44,6 +49,14 @@ def _unavailable() -> web.Response:
     return _error(503, "unavailable", "Redis is unavailable; try again shortly")
 
 
+def _grant(request: web.Request) -> Grant:
+    """The request's grant (set by the auth middleware; a missing one fails closed)."""
+    grant = request.get(GRANT)
+    if not isinstance(grant, Grant):
+        raise web.HTTPUnauthorized(text="no grant")
+    return grant
+
+
 def index_html() -> str:
     """The web page (``static/index.html``), read from the package."""
     return resources.files("services.gateway").joinpath("static/index.html").read_text("utf-8")
@@ -53,7 +66,7 @@ async def list_calls(request: web.Request) -> web.Response:
     """``GET /v1/calls``: the active calls' metadata, a JSON list."""
     gw = request.app[GATEWAY]
     try:
-        calls = await store.active_calls(gw.hub.redis, gw.hub.redis_timeout_s)
+        calls = await gw.visible_calls(_grant(request))
     except RedisUnavailable:
         return _unavailable()
     return _json([c.model_dump(mode="json", by_alias=True) for c in calls])
@@ -69,7 +82,7 @@ async def get_call(request: web.Request) -> web.Response:
         meta = await store.call_meta(gw.hub.redis, sid, gw.hub.redis_timeout_s)
     except RedisUnavailable:
         return _unavailable()
-    if meta is None:
+    if meta is None or not _grant(request).sees(meta):
         return _error(404, "unknown_call", "no such call")
     return _json(meta.model_dump(mode="json", by_alias=True))
 
@@ -85,10 +98,13 @@ async def get_transcript(request: web.Request) -> web.Response:
     if not _SID.match(sid):
         return _error(404, "unknown_call", "no such call")
     r, t = gw.hub.redis, gw.hub.redis_timeout_s
+    grant = _grant(request)
     try:
         known, _, _ = await store.call_info(r, sid, t)
-        if not known:
+        if not known or not await gw.visible(grant, sid):
             return _error(404, "unknown_call", "no such call")
+        if not grant.history:
+            return _error(403, "forbidden", "this token does not include history")
         events: list[dict[str, object]] = []
         cursor = stream_id_tuple(since)
         while len(events) < MAX_TRANSCRIPT_ENTRIES:

@@ -24,7 +24,7 @@ from services.gateway.deepgram import results_json
 from services.gateway.outbox import CLOSE_NORMAL, CLOSE_TRY_LATER, SLOW_REASON, Outbox
 from services.gateway.store import StreamId
 from shared.redisconn import stream_id_tuple
-from shared.schema import EndEvent, TranscriptEvent
+from shared.schema import CallMeta, EndEvent, TranscriptEvent, call_event_adapter
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +201,36 @@ class CallSubscriber(Subscriber):
 
 
 class CallsWatcher(Subscriber):
-    """A ``/v1/ws`` client that sent ``list``: gets ``call_started``/``call_ended`` pushed."""
+    """A ``/v1/ws`` client that sent ``list``: gets ``call_started``/``call_ended`` pushed.
+
+    ``keep``, when set, says which calls the client may see (its token's scope): events of
+    other calls are not forwarded, and :meth:`visible` cuts the ``calls`` snapshot.
+    """
+
+    def __init__(
+        self, outbox: Outbox, pending_max: int, keep: Callable[[CallMeta], bool] | None = None
+    ) -> None:
+        super().__init__(outbox, pending_max)
+        self.keep = keep
+
+    def visible(self, calls: list[CallMeta]) -> list[CallMeta]:
+        """The calls of a snapshot this client may see."""
+        keep = self.keep
+        return calls if keep is None else [c for c in calls if keep(c)]
 
     def deliver(self, msg: str) -> None:
-        """Forward one call event's JSON as-is."""
-        if not self.closed:
-            self.outbox.put(msg)
+        """Forward one call event's JSON as-is (if its call is in scope)."""
+        if self.closed:
+            return
+        keep = self.keep
+        if keep is not None:
+            try:
+                event = call_event_adapter.validate_json(msg)
+            except ValidationError:
+                return
+            if not keep(event.call):
+                return
+        self.outbox.put(msg)
 
     def drain_pending(self) -> None:
         """Go live: forward the call events buffered while the snapshot was read."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from shared.errors import ConfigError
 from shared.logs import setup_logging
 from shared.service import run_until_signal
 from shared.settings import IngestSettings
 
+from .admission import check_settings
 from .app import run
 
 
@@ -24,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings.model_copy(update={"host": args.host, "port": args.port})
     setup_logging(settings.log_level)
+    try:
+        check_settings(settings, warn=False)  # refuse to start unprotected: one line, exit 2
+    except ConfigError as exc:
+        print(f"callscribe ingest: {exc}", file=sys.stderr)
+        return 2
     return run_until_signal(lambda stop: run(settings, stop=stop))
 
 

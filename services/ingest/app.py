@@ -26,12 +26,14 @@ from collections.abc import Iterator, Sequence
 from aiohttp import WSMsgType, web
 
 from shared.errors import TwilioMessageError
+from shared.limits import ConnectionCounter, pace_delay_s
 from shared.metrics import metrics_handler
 from shared.redisconn import connect
 from shared.schema import AudioFrame
 from shared.service import serving
 from shared.settings import IngestSettings
 
+from .admission import Admission, Verdict, check_settings
 from .metrics import StreamTotals, ingest_registry
 from .mixer import Mixer
 from .publisher import Publisher
@@ -51,8 +53,11 @@ HEALTH_PING_TIMEOUT_S = 1.0
 
 
 CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
+
+PACE_EVERY = 256
+"""The read loop checks a socket's message rate once per this many messages."""
 
 MAX_MESSAGE_BYTES = 1 << 20
 """Largest WebSocket message accepted on ``/twilio``; a media message is about 300 bytes."""
@@ -65,11 +70,12 @@ class _Connection:
     rescheduling a timer per message.
     """
 
-    __slots__ = ("errors", "idle", "quiet_since", "received", "seen", "stream", "ws")
+    __slots__ = ("errors", "idle", "opened_at", "quiet_since", "received", "seen", "stream", "ws")
 
     def __init__(self, stream: TwilioStream, ws: web.WebSocketResponse, now: float) -> None:
         self.stream = stream
         self.ws = ws
+        self.opened_at = now
         self.errors: Counter[str] = Counter()
         self.received = 0
         self.seen = 0
@@ -83,10 +89,14 @@ class Ingest:
     Holds no process-global state, so several can run in one process (``callscribe demo``).
     """
 
-    def __init__(self, settings: IngestSettings, publisher: Publisher) -> None:
+    def __init__(
+        self, settings: IngestSettings, publisher: Publisher, admission: Admission
+    ) -> None:
         self.settings = settings
         self.publisher = publisher
+        self.admission = admission
         self.auth = TwilioAuth(settings)
+        self.connections = ConnectionCounter(settings.max_connections_per_ip)
         self._open: dict[int, _Connection] = {}
         self._closers: set[asyncio.Task[None]] = set()
         self.calls_started = 0
@@ -115,7 +125,7 @@ class Ingest:
 
     async def twiml(self, request: web.Request) -> web.Response:
         """The voice webhook."""
-        return await voice_webhook(request, self.settings, self.auth)
+        return await voice_webhook(request, self.settings, self.auth, self.admission)
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 ``{"status": "ok", …}`` when Redis answers PING, else 503."""
@@ -136,6 +146,16 @@ class Ingest:
         if not self.auth.check_ws(request):
             log.warning("stream signature refused", extra={"client": request.remote or "?"})
             return web.Response(status=403, text="invalid Twilio signature\n")
+        client = request.remote or "?"
+        if not self.connections.acquire(client):
+            log.warning("too many streams from one address", extra={"client": client})
+            return web.Response(status=429, text="too many connections\n")
+        try:
+            return await self._serve(request)
+        finally:
+            self.connections.release(client)
+
+    async def _serve(self, request: web.Request) -> web.WebSocketResponse:
         # No heartbeat: Twilio sends 50 packets a second per track, silence included, so the
         # idle watchdog (one task for all streams) finds a dead peer without a timer per message.
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False)
@@ -145,6 +165,7 @@ class Ingest:
                 frame_ms=self.settings.frame_ms,
                 reorder_ms=self.settings.reorder_ms,
                 max_gap_ms=self.settings.max_gap_ms,
+                silence_budget_ms=self.settings.silence_budget_ms,
             ),
             ws,
             asyncio.get_running_loop().time(),
@@ -162,6 +183,8 @@ class Ingest:
         stream = conn.stream
         async for message in ws:
             conn.received += 1
+            if not conn.received % PACE_EVERY and (delay_s := self._pace(conn)):
+                await asyncio.sleep(delay_s)  # faster than STREAM_MAX_MSGS_PER_S: read slower
             if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
                 raw = message.data
             else:  # ERROR: the reader failed (oversized or malformed frame); aiohttp closes
@@ -171,12 +194,29 @@ class Ingest:
             except TwilioMessageError as exc:
                 self._bad_input(conn, exc)
                 if exc.code in FATAL_CODES:
-                    await ws.close(code=CLOSE_UNSUPPORTED, message=exc.code.encode())
+                    await ws.close(code=FATAL_CODES[exc.code], message=exc.code.encode())
                     return exc.code
                 continue
             if actions:
+                if type(actions[0]) is CallStart and not await self._admit(ws, conn, actions[0]):
+                    return "refused"
                 self._publish(conn, actions)
         return "disconnect"
+
+    def _pace(self, conn: _Connection) -> float:
+        """Seconds to pause a socket sending faster than ``stream_max_msgs_per_s`` on average."""
+        elapsed_s = asyncio.get_running_loop().time() - conn.opened_at
+        return pace_delay_s(conn.received, elapsed_s, self.settings.stream_max_msgs_per_s)
+
+    async def _admit(self, ws: web.WebSocketResponse, conn: _Connection, start: CallStart) -> bool:
+        """Await the admission of a stream's ``start`` (once per call; media waits in the
+        socket meanwhile). A refused stream is closed with 1008 and publishes nothing."""
+        verdict = await self.admission.admit(start.meta, start.stream_token)
+        if verdict is Verdict.ADMITTED:
+            return True
+        conn.stream.refuse()
+        await _close(ws, CLOSE_POLICY, verdict.value)
+        return False
 
     async def watch_idle(self) -> None:
         """Close every ``/twilio`` socket that sent nothing for ``stream_idle_s`` (1001), for
@@ -301,8 +341,10 @@ async def run(
     for at most :data:`DRAIN_GRACE_S`, and one summary line is logged.
 
     Raises:
+        ConfigError: ``TWILIO_AUTH_TOKEN`` or ``PUBLIC_URL`` is missing without ``TWILIO_INSECURE``.
         OSError: the address cannot be bound.
     """
+    check_settings(settings)  # and warns (services.ingest.admission) when insecure
     redis = connect(settings.redis_url, socket_timeout_s=settings.redis_socket_timeout_s)
     publisher = Publisher(
         redis,
@@ -311,7 +353,7 @@ async def run(
         retention_s=settings.retention_s,
         write_timeout_s=min(settings.redis_socket_timeout_s, 10.0),
     )
-    ingest = Ingest(settings, publisher)
+    ingest = Ingest(settings, publisher, Admission(redis, settings))
     try:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(publisher.run(), name="ingest-publisher")

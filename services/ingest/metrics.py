@@ -115,6 +115,11 @@ def _collect(ingest: Ingest) -> Iterator[Metric]:
             ingest.bad_input,
         ),
         counter(
+            "callscribe_ingest_streams_refused",
+            "Streams refused at start: no valid stream token, a callSid already streamed, another account, Redis unavailable (docs/security.md)",
+            sum(ingest.admission.refused.values()),
+        ),
+        counter(
             "callscribe_ingest_redis_errors",
             "Redis writes that failed and were retried",
             pub.failed_writes,

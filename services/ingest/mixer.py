@@ -49,6 +49,9 @@ from shared.schema import AudioFrame
 TRACK_ORDER = ("inbound", "outbound")
 """Channel 0 is the inbound track (caller), channel 1 the outbound track (callee)."""
 
+PACKET_MS = 20
+"""Audio in one Twilio media packet, ms (160 bytes of 8 kHz mu-law)."""
+
 JITTER_MS = 10
 """Default tolerance of a packet's stamp around its contiguous slot, ms (half a 20 ms packet)."""
 
@@ -76,6 +79,10 @@ class Mixer:
         reorder_ms: how long a frame waits for late packets after its end, ms (>= 0).
         max_gap_ms: the largest jump of a packet's timestamp past the call clock, ms, accepted
             as packet loss; a larger jump is refused.
+        silence_budget_ms: how far the call clock's jumps (silence no packet carried) may add
+            up beyond one packet length (:data:`PACKET_MS`) per packet received, ms; None = no
+            budget. Past it :meth:`add` raises ``silence_limit``: a peer cannot make the mixer
+            write much more audio than it sent (a real call loses a few percent of packets).
         tracks: the Twilio track names, in channel order; default ``("inbound", "outbound")``
             cut to ``channels`` (a mono stream of only the outbound track passes
             ``("outbound",)``).
@@ -99,6 +106,7 @@ class Mixer:
         *,
         tracks: Sequence[str] | None = None,
         jitter_ms: int = JITTER_MS,
+        silence_budget_ms: int | None = None,
     ) -> None:
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 or 2, not {channels}")
@@ -116,6 +124,9 @@ class Mixer:
         self._frame_b = frame_ms * BYTES_PER_MS
         self._reorder_b = reorder_ms * BYTES_PER_MS
         self._max_gap_b = max_gap_ms * BYTES_PER_MS
+        self._budget_b = None if silence_budget_ms is None else silence_budget_ms * BYTES_PER_MS
+        self.jumped_b = 0
+        """Bytes per channel the call clock jumped past the last packet end (silence)."""
         self._tol_b = jitter_ms * BYTES_PER_MS
         self._ring_b = (2 + -(-reorder_ms // frame_ms)) * self._frame_b
         self._buf = [bytearray([SILENCE]) * self._ring_b for _ in range(channels)]
@@ -176,6 +187,8 @@ class Mixer:
                 f"timestamp {timestamp_ms} ms jumps more than {self.max_gap_ms} ms "
                 f"past the call clock ({self.end_ms} ms)",
             )
+        if stamp_b > self._clock_b and self._budget_b is not None:  # the clock jumps: rare
+            self._spend(stamp_b - self._clock_b)
         slot = self._slot[channel]
         dev = stamp_b - slot
         tol = self._tol_b
@@ -222,6 +235,23 @@ class Mixer:
         if overlapped:
             self.duplicate_packets += 1
         return out
+
+    def _spend(self, jump_b: int) -> None:
+        """Count a jump of the call clock against the silence budget.
+
+        Raises:
+            TwilioMessageError: ``silence_limit`` when the jumps exceed the budget.
+        """
+        budget_b = self._budget_b
+        if budget_b is None:
+            return
+        if self.jumped_b + jump_b > budget_b + self.packets * PACKET_MS * BYTES_PER_MS:
+            raise TwilioMessageError(
+                "silence_limit",
+                f"timestamps jump {(self.jumped_b + jump_b) // BYTES_PER_MS} ms past the audio "
+                f"of {self.packets} packets: more silence than the budget allows",
+            )
+        self.jumped_b += jump_b
 
     def _place(self, channel: int, stamp_b: int, length_b: int) -> tuple[int, int]:
         """Where a packet that does not follow its track's slot goes, and its deviation there.

@@ -3,8 +3,10 @@
 Twilio discards audio when our socket reads slowly (error 31930), so the WebSocket read loops
 never await Redis: they call the non-blocking ``submit_*`` methods, which append to one FIFO
 buffer shared by all calls; :meth:`Publisher.run` writes it out in pipelines. The buffer holds
-at most ``buffer_frames`` audio frames; past that, new audio frames are dropped, counted per
-call and logged once per call per burst. Control entries (a call's start and its eof) are never
+at most ``buffer_frames`` audio frames, and once it is half full no call may hold more than its
+fair share of it (:class:`shared.limits.FairShare`: one call's flood cannot push out another's
+frames); past that, new audio frames are dropped, counted per call and logged once per call
+per burst. Control entries (a call's start and its eof) are never
 dropped. While Redis is down the buffer keeps filling (bounded) and the writer retries with
 backoff and jitter; one FIFO keeps every call's entries in order.
 
@@ -35,6 +37,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
+from shared.limits import FairShare
 from shared.retry import REDIS_FAILURES, Backoff
 from shared.schema import AudioFrame, CallMeta, CallStarted
 
@@ -93,6 +96,7 @@ class Publisher:
         self._backoff_max_s = backoff_max_s
         self._buf: deque[_Entry] = deque()
         self._audio_pending = 0
+        self._share = FairShare(buffer_frames)
         self._wake = asyncio.Event()
         self._closing = False
         self._dropped_by_call: dict[str, int] = {}
@@ -119,8 +123,9 @@ class Publisher:
         self._push((_START, meta.call_sid, meta))
 
     def submit_frame(self, call_sid: str, frame: AudioFrame) -> bool:
-        """Queue one mixed frame; returns False when the buffer is full and it was dropped."""
-        if self._audio_pending >= self._buffer_frames:
+        """Queue one mixed frame; returns False when the buffer is full (or the call holds its
+        fair share of a half-full one) and it was dropped."""
+        if not self._share.admit(call_sid):
             self.dropped_frames += 1
             self._dropped_by_call[call_sid] = self._dropped_by_call.get(call_sid, 0) + 1
             if call_sid not in self._burst:
@@ -218,8 +223,9 @@ class Publisher:
             self.redis_ok = True
             backoff.reset()
             for _ in range(written):
-                kind, _sid, _obj = self._buf.popleft()
+                kind, sid, _obj = self._buf.popleft()
                 if kind == _FRAME:
+                    self._share.release(sid)
                     self._audio_pending -= 1
                     self.written_frames += 1
 

@@ -39,15 +39,22 @@ from .mixer import TRACK_ORDER, Mixer
 MULAW = "audio/x-mulaw"
 """The only ``mediaFormat.encoding`` Twilio Media Streams send (8 kHz, 1 channel per track)."""
 
-FATAL_CODES = frozenset({"unsupported_media_format"})
-"""Error codes after which the connection is closed (with 1003, unsupported data)."""
+FATAL_CODES: dict[str, int] = {"unsupported_media_format": 1003, "silence_limit": 1008}
+"""Error codes after which the connection is closed, with their close code (1003 unsupported
+data; 1008 policy: a call whose timestamps jump past its silence budget is ended)."""
+
+STREAM_TOKEN_PARAMETER = "StreamToken"
+"""The ``<Parameter>`` carrying the one-time stream token /twiml issued
+(:mod:`services.ingest.admission`); never kept in the call's ``custom_parameters``."""
 
 
 @dataclass(frozen=True, slots=True)
 class CallStart:
-    """The stream started: write the call's metadata before any of its audio."""
+    """The stream started: admit it (``stream_token``), then write the call's metadata
+    before any of its audio."""
 
     meta: CallMeta
+    stream_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +74,8 @@ class TwilioStream:
     """The state of one ``/twilio`` WebSocket: ``open`` → ``started`` → ``ended``.
 
     Args:
-        frame_ms, reorder_ms, max_gap_ms: passed to the call's :class:`Mixer` (ms).
+        frame_ms, reorder_ms, max_gap_ms, silence_budget_ms: passed to the call's
+            :class:`Mixer` (ms).
 
     Attributes:
         phase: ``open`` until ``start``, ``started`` until ``stop``/close, then ``ended``.
@@ -76,10 +84,18 @@ class TwilioStream:
         dtmf, marks: how many ``dtmf`` / ``mark`` messages arrived (ignored otherwise).
     """
 
-    def __init__(self, *, frame_ms: int, reorder_ms: int, max_gap_ms: int) -> None:
+    def __init__(
+        self,
+        *,
+        frame_ms: int,
+        reorder_ms: int,
+        max_gap_ms: int,
+        silence_budget_ms: int | None = None,
+    ) -> None:
         self._frame_ms = frame_ms
         self._reorder_ms = reorder_ms
         self._max_gap_ms = max_gap_ms
+        self._silence_budget_ms = silence_budget_ms
         self.phase: Phase = "open"
         self.meta: CallMeta | None = None
         self.mixer: Mixer | None = None
@@ -153,6 +169,7 @@ class TwilioStream:
             raise TwilioMessageError("bad_message", f"tracks repeat: {info.tracks}")
         tracks = [t for t in TRACK_ORDER if t in info.tracks]
         params = dict(info.custom_parameters)
+        token = params.pop(STREAM_TOKEN_PARAMETER, "")
         meta = CallMeta(
             call_sid=info.call_sid,
             stream_sid=info.stream_sid,
@@ -165,11 +182,21 @@ class TwilioStream:
             custom_parameters=params,
         )
         self.mixer = Mixer(
-            len(tracks), self._frame_ms, self._reorder_ms, self._max_gap_ms, tracks=tracks
+            len(tracks),
+            self._frame_ms,
+            self._reorder_ms,
+            self._max_gap_ms,
+            tracks=tracks,
+            silence_budget_ms=self._silence_budget_ms,
         )
         self.meta = meta
         self.phase = "started"
-        return [CallStart(meta)]
+        return [CallStart(meta, token)]
+
+    def refuse(self) -> None:
+        """The call was not admitted: end the stream without a :class:`CallEnd` (nothing of it
+        was published)."""
+        self.phase = "ended"
 
     def _media(self, msg: TwilioMedia) -> Sequence[Action]:
         media = msg.media

@@ -9,14 +9,20 @@
 * Signatures (https://www.twilio.com/docs/usage/webhooks/webhooks-security): when
   ``TWILIO_AUTH_TOKEN`` is set, ``X-Twilio-Signature`` is checked with
   ``twilio.request_validator.RequestValidator`` against the URL Twilio requested: ``PUBLIC_URL``
-  + path (+ query) when set, not what a proxy forwards. A webhook POST signs its form
-  parameters, a GET none. The Media Streams WebSocket handshake signs ``wss://HOST/twilio``
-  with no parameters (docs/protocol.md, "WebSocket /twilio").
+  + path (+ query) when set, else the request's own ``Host``, never what an
+  ``X-Forwarded-*`` header claims. A webhook POST signs its form parameters, a GET none. The
+  Media Streams WebSocket handshake signs ``wss://HOST/twilio`` with no parameters
+  (docs/protocol.md, "WebSocket /twilio"): that signature never changes, so it only proves the
+  peer once saw one; what admits a stream is the one-time token below.
+* Stream tokens: the webhook asks :class:`~services.ingest.admission.Admission` for a token
+  bound to the request's ``CallSid`` and adds it as the ``<Parameter>``
+  :data:`~services.ingest.twilio.STREAM_TOKEN_PARAMETER` (503 when Redis cannot store it).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlsplit
 
@@ -24,7 +30,11 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Start, Stream, VoiceResponse
 
+from shared.retry import REDIS_FAILURES
 from shared.settings import IngestSettings
+
+from .admission import Admission
+from .twilio import STREAM_TOKEN_PARAMETER
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,9 @@ STREAM_PARAMETERS = ("From", "To", "Direction")
 """Webhook parameters forwarded to the stream as ``<Parameter>``s (``customParameters``)."""
 
 SIGNATURE_HEADER = "x-twilio-signature"
+
+_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a ``CallSid`` may look like before it names a Redis key (Twilio's: ``CA`` + 32 hex)."""
 
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
 """A webhook body larger than this is refused (413); Twilio's are a few hundred bytes."""
@@ -55,23 +68,25 @@ def _http_scheme(scheme: str) -> str:
     return "https" if scheme in ("https", "wss") else "http"
 
 
-def base_url(conn: web.BaseRequest, settings: IngestSettings) -> str:
+def base_url(conn: web.BaseRequest, settings: IngestSettings, *, forwarded: bool = True) -> str:
     """The public ``http(s)://host[/prefix]`` of ingest, without a trailing slash.
 
     ``PUBLIC_URL`` when set; else from the request: ``X-Forwarded-Proto``/``X-Forwarded-Host``
-    when a proxy set them, then the ``Host`` header and the connection's own scheme.
+    when a proxy set them (and ``forwarded``), then the ``Host`` header and the connection's
+    own scheme. Signature checks pass ``forwarded=False``: a client must not choose the URL
+    its signature is checked against.
     """
     if settings.public_url:
         return settings.public_url.rstrip("/")
     headers = conn.headers
-    scheme = _first(headers.get("x-forwarded-proto")) or _http_scheme(conn.scheme)
-    host = _first(headers.get("x-forwarded-host")) or conn.host
+    scheme = (forwarded and _first(headers.get("x-forwarded-proto"))) or _http_scheme(conn.scheme)
+    host = (forwarded and _first(headers.get("x-forwarded-host"))) or conn.host
     return f"{_http_scheme(scheme)}://{host}"
 
 
-def stream_url(conn: web.BaseRequest, settings: IngestSettings) -> str:
+def stream_url(conn: web.BaseRequest, settings: IngestSettings, *, forwarded: bool = True) -> str:
     """``wss://host[/prefix]/twilio`` (``ws://`` when the public URL is plain http)."""
-    parts = urlsplit(base_url(conn, settings))
+    parts = urlsplit(base_url(conn, settings, forwarded=forwarded))
     return f"{_ws_scheme(parts.scheme)}://{parts.netloc}{parts.path}{STREAM_PATH}"
 
 
@@ -79,12 +94,14 @@ HOLD_S = 3600
 """Without FORWARD_TO, how long the webhook's TwiML keeps the caller on the line, s."""
 
 
-def voice_response(url: str, params: Mapping[str, str], forward_to: str | None) -> str:
+def voice_response(
+    url: str, params: Mapping[str, str], forward_to: str | None, stream_token: str | None = None
+) -> str:
     """The TwiML document: start streaming both tracks to ``url``, then dial ``forward_to``
     (without one: pause :data:`HOLD_S` seconds, so the caller can talk to the transcript).
 
     ``params`` are the webhook's parameters; those in :data:`STREAM_PARAMETERS` that are
-    present become ``<Parameter>``s of the stream.
+    present become ``<Parameter>``s of the stream, and so does ``stream_token`` when given.
     """
     response = VoiceResponse()
     start = Start()
@@ -92,6 +109,8 @@ def voice_response(url: str, params: Mapping[str, str], forward_to: str | None) 
     for name in STREAM_PARAMETERS:
         if params.get(name):
             stream.parameter(name=name, value=params[name])
+    if stream_token:
+        stream.parameter(name=STREAM_TOKEN_PARAMETER, value=stream_token)
     start.append(stream)
     response.append(start)
     if forward_to:
@@ -131,7 +150,7 @@ class TwilioAuth:
 
     def check_http(self, request: web.BaseRequest, form: Mapping[str, str]) -> bool:
         """Is the webhook request signed? POST signs ``form``; GET signs no parameters."""
-        url = base_url(request, self._settings) + request.path
+        url = base_url(request, self._settings, forwarded=False) + request.path
         if request.query_string:
             url += "?" + request.query_string
         params = form if request.method == "POST" else {}
@@ -140,14 +159,17 @@ class TwilioAuth:
     def check_ws(self, conn: web.BaseRequest) -> bool:
         """Is the WebSocket handshake signed for ``wss://HOST/twilio`` with no parameters?"""
         return self._verify(
-            stream_url(conn, self._settings), {}, conn.headers.get(SIGNATURE_HEADER)
+            stream_url(conn, self._settings, forwarded=False),
+            {},
+            conn.headers.get(SIGNATURE_HEADER),
         )
 
 
 async def voice_webhook(
-    request: web.BaseRequest, settings: IngestSettings, auth: TwilioAuth
+    request: web.BaseRequest, settings: IngestSettings, auth: TwilioAuth, admission: Admission
 ) -> web.Response:
-    """``GET``/``POST /twiml``: the TwiML that streams the call to us (403 if badly signed)."""
+    """``GET``/``POST /twiml``: the TwiML that streams the call to us, with a stream token for
+    its ``CallSid`` (403 if badly signed, 503 if Redis cannot store the token)."""
     form: dict[str, str] = {}
     if request.method == "POST":
         body = bytearray()
@@ -161,5 +183,17 @@ async def voice_webhook(
         log.warning("webhook signature refused", extra={"method": request.method})
         return web.Response(text="invalid Twilio signature\n", status=403)
     params = form if request.method == "POST" else dict(request.query)
-    xml = voice_response(stream_url(request, settings), params, settings.forward_to)
+    call_sid = params.get("CallSid", "")
+    token = None
+    if _SID.fullmatch(call_sid):
+        try:
+            token = await admission.issue(call_sid)
+        except REDIS_FAILURES as exc:
+            log.warning(
+                "stream token not stored", extra={"call_sid": call_sid, "error": type(exc).__name__}
+            )
+            return web.Response(text="temporarily unavailable\n", status=503)
+    else:
+        log.warning("webhook without a CallSid: no stream token", extra={"length": len(call_sid)})
+    xml = voice_response(stream_url(request, settings), params, settings.forward_to, token)
     return web.Response(text=xml, content_type="application/xml")

@@ -23,8 +23,10 @@ WAIT_S = 5.0
 
 
 def make_settings(redis_url: str, **overrides: Any) -> GatewaySettings:
-    """Settings for a test gateway on 127.0.0.1:0."""
+    """Settings for a test gateway on 127.0.0.1:0, without authentication unless overridden
+    (tests/security/ covers authentication)."""
     values: dict[str, Any] = {
+        "gateway_auth": "none",
         "redis_url": redis_url,
         "host": "127.0.0.1",
         "port": 0,

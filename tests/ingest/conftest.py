@@ -26,7 +26,14 @@ WAIT_S = 10.0
 @asynccontextmanager
 async def ingest_running(redis_url: str, **overrides: Any) -> AsyncIterator[int]:
     """Run ingest on 127.0.0.1 port 0 against ``redis_url``; yield the port; stop it after."""
-    fields: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "frame_ms": 100, "reorder_ms": 40}
+    # insecure unless a test overrides it: tests/security/ covers the secured ingest
+    fields: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "frame_ms": 100,
+        "reorder_ms": 40,
+        "twilio_insecure": True,
+    }
     settings = IngestSettings(**{**fields, "redis_url": redis_url, **overrides})
     stop = asyncio.Event()
     bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()

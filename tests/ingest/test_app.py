@@ -117,7 +117,9 @@ async def test_shutdown_ends_open_calls_with_their_audio_and_eof(
     """Stopping the service mid-call writes the call's remaining audio, then eof."""
     call = SimCall(tracks=[bytes(range(256)) * 10])
     msgs = [text for _, text in twilio_messages(call)][:-1]  # no stop: the call is still open
-    settings = IngestSettings(host="127.0.0.1", port=0, redis_url=redis_url, frame_ms=100)
+    settings = IngestSettings(
+        host="127.0.0.1", port=0, redis_url=redis_url, frame_ms=100, twilio_insecure=True
+    )
     stop = asyncio.Event()
     bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run(settings, stop=stop, bound=bound))

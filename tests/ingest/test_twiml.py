@@ -37,6 +37,8 @@ async def test_webhook_streams_both_tracks_with_parameters_and_dials(ingest) -> 
     assert stream.get("url") == f"ws://127.0.0.1:{port}/twilio"
     assert stream.get("track") == "both_tracks"
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    token = params.pop("StreamToken")  # one-time, for this CallSid (tests/security/)
+    assert len(token) >= 32
     assert params == {"From": "+15550001", "To": "+15550002", "Direction": "inbound"}
     assert [el.tag for el in root] == ["Start", "Dial"]
     assert root.findtext("Dial") == "+15559999"

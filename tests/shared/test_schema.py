@@ -157,7 +157,10 @@ def test_client_messages() -> None:
 
 
 _MEDIA_VALUES = st.one_of(
-    st.none(), st.integers(-3, 10**6), st.text(max_size=6), st.sampled_from(["12", "-1", "x"])
+    st.none(),
+    st.integers(-3, 10**6),
+    st.text(max_size=6),
+    st.sampled_from(["12", "-1", "x", 2**40, 2**40 + 1, "A" * 10_668, "A" * 10_672]),
 )
 
 
@@ -177,7 +180,9 @@ def test_parse_media_fast_path_agrees_with_the_models(
     media = {"track": track, "chunk": chunk, "timestamp": timestamp, "payload": payload}
     if drop:
         del media[drop]
-    raw = json.dumps({"event": "media", "sequenceNumber": seq, "media": media})
+    raw = json.dumps(
+        {"event": "media", "sequenceNumber": seq, "streamSid": seq, "media": media}
+    )
     fast = parse_media(raw)
     try:
         msg = parse_twilio(raw)
