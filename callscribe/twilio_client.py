@@ -18,6 +18,7 @@ import math
 import random
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +186,7 @@ async def stream_call(
     auth_token: str | None = None,
     signature_url: str | None = None,
     open_timeout_s: float = 10.0,
+    on_connected: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Send ``call`` to the Media Streams WebSocket at ``url``, paced like Twilio.
 
@@ -194,6 +196,7 @@ async def stream_call(
         auth_token: sign the handshake (``X-Twilio-Signature`` over ``signature_url or url``
             with no parameters).
         open_timeout_s: handshake timeout, s.
+        on_connected: called once the handshake succeeded, before the first message.
 
     Returns:
         ``{"sent_packets", "dropped_packets", "messages", "duration_s", "close_code",
@@ -219,6 +222,8 @@ async def stream_call(
     async with connect(
         url, additional_headers=headers, open_timeout=open_timeout_s, max_size=1 << 20
     ) as ws:
+        if on_connected is not None:
+            on_connected()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         try:

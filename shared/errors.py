@@ -3,6 +3,7 @@
 ::
 
     CallscribeError
+    ├── ConfigError              a setting or argument that cannot work (one line for the user)
     ├── BadInput                 something a peer sent that we refuse (never a crash)
     │   ├── TwilioMessageError   a malformed or out-of-order Twilio Media Streams message
     │   └── ClientMessageError   a gateway client speaking nonsense
@@ -19,6 +20,13 @@ from __future__ import annotations
 
 class CallscribeError(Exception):
     """Root of every error callscribe raises on purpose."""
+
+
+class ConfigError(CallscribeError):
+    """A setting, argument or credential that cannot work; the message names it, in one line.
+
+    A service's entry point prints it as ``callscribe <service>: <message>`` and exits 2.
+    """
 
 
 class BadInput(CallscribeError):

@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+"""The values ``LOG_LEVEL`` and ``--log-level`` accept (any case)."""
+
 
 class CommonSettings(BaseSettings):
     """What every service honours."""
@@ -40,6 +43,13 @@ class CommonSettings(BaseSettings):
     transcript_maxlen: int = Field(
         default=10_000, gt=0, description="MAXLEN of a call's transcript stream (finals)"
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        if v.upper() not in LOG_LEVELS:
+            raise ValueError(f"not a log level; one of {', '.join(LOG_LEVELS)}")
+        return v.upper()
 
 
 class IngestSettings(CommonSettings):
