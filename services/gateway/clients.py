@@ -30,13 +30,19 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from services.gateway import store
+from services.gateway import history, store
 from services.gateway.connection import Connections, serve_connection
 from services.gateway.hub import Hub
 from services.gateway.outbox import CLOSE_INTERNAL, CLOSE_POLICY, DirectWriter, Outbox
 from services.gateway.subscribers import CallSubscriber, CallsWatcher
 from shared.errors import ClientMessageError, RedisUnavailable
-from shared.schema import ErrorEvent, ListRequest, SubscribeRequest, parse_client
+from shared.schema import (
+    ErrorEvent,
+    HistoryRequest,
+    ListRequest,
+    SubscribeRequest,
+    parse_client,
+)
 from shared.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -209,6 +215,15 @@ class _JsonSession:
 
     async def _handle(self, text: str) -> None:
         request = parse_client(text)
+        if isinstance(request, HistoryRequest):
+            page = await history.search(
+                self.hub.redis,
+                history.Query.from_request(request),
+                retention_s=self.gw.settings.retention_s,
+                timeout_s=self.hub.redis_timeout_s,
+            )
+            self.outbox.put(page.to_json())
+            return
         if isinstance(request, ListRequest):
             if self.watcher is None:
                 self.watcher = self.hub.attach_watcher(self.outbox)

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from services.transcriber.engine import AsrEngine, AsrSession, CallAudio
+from services.transcriber.index import index_end, index_final
 from services.transcriber.live import LivePublisher
 from services.transcriber.queueing import set_status
 from shared import keys
@@ -112,6 +113,7 @@ class CallPipeline:
         self._persisted_s = 0.0  # min(final_end_s) of the last checkpoint written
         self.sent_ms: float | None = None  # call time up to which audio went to the engine
         self.on_published: Callable[[CallPipeline, TranscriptEvent], None] | None = None
+        self.failure: str | None = None  # meta ``failure`` at the end: asr_failed, audio_stopped
 
     # ------------------------------------------------------------------ reader side
 
@@ -153,6 +155,7 @@ class CallPipeline:
                     extra={"call_sid": self.sid, "idle_s": self.settings.audio_idle_s},
                 )
                 self.eof_read = True
+                self.failure = "audio_stopped"
                 return self.last_id, AudioFrame(t_ms=end_ms, eof=True)
             self.wake.set()
             return item
@@ -330,6 +333,14 @@ class CallPipeline:
         self.live.publish(keys.live(self.sid), event.to_json())
         self._published(event)
 
+    @property
+    def _started_at(self) -> float:
+        return self.meta.started_at if self.meta is not None else time.time()
+
+    @property
+    def _retention_s(self) -> int:
+        return self.settings.retention_s
+
     def _published(self, event: TranscriptEvent) -> None:
         """Tell :attr:`on_published` (the worker's metrics) that ``event`` was queued for
         publishing (the worker's :class:`LivePublisher` writes it within a few ms)."""
@@ -379,6 +390,7 @@ class CallPipeline:
                         approximate=True,
                     )  # type: ignore[arg-type]
                     pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]
+                    index_final(pipe, self.sid, self._started_at, event.text, self._retention_s)
                     result = await pipe.execute()
                 return _s(result[0])
             except REDIS_FAILURES as exc:
@@ -412,17 +424,23 @@ class CallPipeline:
             self.live.publish(keys.live(self.sid), msg.to_json())
         await self.live.flush()  # every event of the call is out before its end
         now = time.time()
+        if error is not None:
+            self.failure = "asr_failed"
         meta = (self.meta or CallMeta(call_sid=self.sid)).model_copy(
-            update={"status": "ended", "ended_at": now}
+            update={"status": "ended", "ended_at": now, "failure": self.failure}
         )
+        ended_fields = {"status": "ended", "ended_at": f"{now:.3f}"}
+        if self.failure is not None:
+            ended_fields["failure"] = self.failure
         end_json = EndEvent(call_sid=self.sid).to_json()
         ended_json = CallEnded(call=meta).to_json()
 
         def build(pipe: Pipeline) -> None:
             pipe.publish(keys.live(self.sid), end_json)
             pipe.srem(keys.ACTIVE_CALLS, self.sid)
-            pipe.hset(keys.meta(self.sid), mapping={"status": "ended", "ended_at": f"{now:.3f}"})
+            pipe.hset(keys.meta(self.sid), mapping=ended_fields)  # type: ignore[arg-type]
             pipe.publish(keys.CALL_EVENTS, ended_json)
+            index_end(pipe, self.sid, meta.started_at, now, self.settings.retention_s)
             pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
             pipe.xdel(keys.JOBS, self.job_id)
             for key in keys.call_keys(self.sid):
