@@ -19,6 +19,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from callscribe.rest import add_rest_commands
 from shared.logs import setup_logging
 from shared.settings import LOG_LEVELS
 
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconnects", type=int, default=None, help="at most this many tries in a row (no limit)"
     )
     watch.set_defaults(func=_cmd_watch)
+
+    add_rest_commands(sub)
 
     demo = sub.add_parser(
         "demo",

@@ -169,6 +169,7 @@ async def simulate(tracks: list[bytes], options: SimulateOptions, out: TextIO = 
             seed=seed,
             outbound_delay_ms=options.outbound_delay_ms if len(tracks) == 2 else 0,
         )
+
         def connected() -> None:
             print(
                 f"call {index + 1}/{options.calls} {call.call_sid} started: "

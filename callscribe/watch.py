@@ -158,7 +158,9 @@ class Watcher:
                 self.renderer.note(
                     f"{reason}; reconnecting (for up to {opts.reconnect_for_s:.0f} s)"
                 )
-            log.info("reconnect", extra={"call_sid": self._state.target, "attempt": backoff.failures + 1})
+            log.info(
+                "reconnect", extra={"call_sid": self._state.target, "attempt": backoff.failures + 1}
+            )
             self._state.subscribed = False
             if self._state.last_final_id is not None:
                 self._state.since = self._state.last_final_id
@@ -272,7 +274,9 @@ class Watcher:
             if code == "unknown_call" and message.get("call_sid") in (None, st.target):
                 st.subscribed = False
                 if not self.options.wait_for_start:
-                    st.failed = f"no such call: {st.target} (not live, nor in the gateway's history)"
+                    st.failed = (
+                        f"no such call: {st.target} (not live, nor in the gateway's history)"
+                    )
                     return True
                 self.renderer.note(f"waiting for call {st.target} to start")  # the demo's call
             return False

@@ -171,3 +171,35 @@ async def test_transcript_exports(gateway, redis: aioredis.Redis) -> None:
     assert body["call"]["call_sid"] == "CAx" and body["call"]["finals"] == 2
     assert body["finals"][1]["wall"] == "2027-01-15T08:01:05.250+00:00"
     assert replies["vtt"].headers["content-type"].startswith("text/vtt")
+
+
+async def test_cli_calls_and_transcript(gateway, redis: aioredis.Redis) -> None:
+    """`callscribe calls -q …` lists the matching calls; `callscribe transcript SID --format srt`
+    prints the SRT; an unknown call is exit 1 with one line."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).with_name("callscribe"))
+    await seed(redis)
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            cli, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    async with gateway() as port:
+        gw = f"http://127.0.0.1:{port}"
+        status, out, _ = await run("calls", "--gateway", gw, "-q", "cleaning")
+        lines = out.splitlines()
+        assert status == 0 and len(lines) == 2
+        assert "live" in lines[0] and "CAlive" in lines[0]
+        assert "ended" in lines[1] and "+15550001111 → +15550002222" in lines[1]
+        status, out, _ = await run("calls", "--gateway", gw, "--status", "ended")
+        assert "! asr_failed" in out
+        status, out, _ = await run("transcript", "CAdentist", "--gateway", gw, "--format", "srt")
+        assert status == 0 and out.startswith("1\n00:00:00,000 --> 00:00:02,000\ncallee: Good")
+        status, _, err = await run("transcript", "CAnone", "--gateway", gw)
+        assert status == 1 and err.startswith("callscribe transcript: ") and "no such call" in err
