@@ -26,6 +26,13 @@ WORDS_PREFIX = "cs:words:"
 """Prefix of the search index ``cs:words:<word>``: a ZSET of the callSids whose transcript has
 the word, scored by ``started_at``."""
 
+WEBHOOKS = "cs:webhooks"
+"""STREAM of webhook deliveries to make (fields ``event``, ``call_sid``, ``key``, ``payload``),
+written by the transcriber in its transactions when webhooks are configured."""
+
+WEBHOOKS_GROUP = "notifiers"
+"""The consumer group on :data:`WEBHOOKS`: each delivery goes to one transcriber's notifier."""
+
 WORKERS_PREFIX = "cs:worker:"
 """Prefix of each transcriber's health key ``cs:worker:<consumer>`` (a STRING with a TTL)."""
 

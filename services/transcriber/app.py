@@ -10,6 +10,8 @@ from services.transcriber.engine import AsrEngine
 from services.transcriber.engines import make_engine
 from services.transcriber.metrics import serve_status
 from services.transcriber.probe import Probe, probe_until_ok
+from services.transcriber.webhooks import Notifier
+from services.transcriber.webhooks import urls as webhook_urls
 from services.transcriber.worker import Worker
 from shared.redisconn import connect
 from shared.settings import TranscriberSettings
@@ -45,10 +47,19 @@ async def run(
         if probe is not None
         else None
     )
+    notifier = (
+        asyncio.create_task(Notifier(settings, redis).run(), name="webhooks")
+        if webhook_urls(settings)
+        else None
+    )
     try:
         async with serve_status(worker, bound):
             await worker.run(stop)
     finally:
+        if notifier is not None:
+            notifier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await notifier
         if reprobe is not None:
             reprobe.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -24,6 +24,7 @@ from services.transcriber.engine import AsrEngine, AsrSession, CallAudio
 from services.transcriber.index import index_end, index_final
 from services.transcriber.live import LivePublisher
 from services.transcriber.queueing import set_status
+from services.transcriber.webhooks import enqueue
 from shared import keys
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
@@ -259,6 +260,10 @@ class CallPipeline:
         self._persisted_s = min(self.final_end_s)
         if self.last_id != "0-0":
             log.info("call resumed", extra={"call_sid": self.sid, "resume_audio_id": self.last_id})
+        if self._hooks:  # once per owner; a takeover repeats it with the same idempotency key
+            await self._transact(
+                lambda pipe: enqueue(pipe, "call_started", self.sid, f"{self.sid}:call_started")
+            )
         self.ready = True
         self.wake.set()
         return "serve"
@@ -338,6 +343,10 @@ class CallPipeline:
         return self.meta.started_at if self.meta is not None else time.time()
 
     @property
+    def _hooks(self) -> bool:
+        return bool(self.settings.webhook_urls.strip())
+
+    @property
     def _retention_s(self) -> int:
         return self.settings.retention_s
 
@@ -391,6 +400,9 @@ class CallPipeline:
                     )  # type: ignore[arg-type]
                     pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]
                     index_final(pipe, self.sid, self._started_at, event.text, self._retention_s)
+                    if self._hooks and self.settings.webhook_finals:
+                        key = f"{self.sid}:final:{event.segment}"
+                        enqueue(pipe, "final", self.sid, key, event.model_dump_json())
                     result = await pipe.execute()
                 return _s(result[0])
             except REDIS_FAILURES as exc:
@@ -441,6 +453,8 @@ class CallPipeline:
             pipe.hset(keys.meta(self.sid), mapping=ended_fields)  # type: ignore[arg-type]
             pipe.publish(keys.CALL_EVENTS, ended_json)
             index_end(pipe, self.sid, meta.started_at, now, self.settings.retention_s)
+            if self._hooks:
+                enqueue(pipe, "call_ended", self.sid, f"{self.sid}:call_ended")
             pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
             pipe.xdel(keys.JOBS, self.job_id)
             for key in keys.call_keys(self.sid):
