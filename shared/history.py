@@ -61,7 +61,7 @@ def iso(unix_s: float) -> str:
 
 def encode_cursor(started_at: float, call_sid: str) -> str:
     """The cursor after a call: ``"<started_at>:<sid>"`` (clients treat it as opaque)."""
-    return f"{started_at:.3f}:{call_sid}"
+    return f"{started_at!r}:{call_sid}"
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
