@@ -180,6 +180,7 @@ class TranscriberSettings(CommonSettings):
     )
     webhook_secret: SecretStr | None = Field(
         default=None,
+        repr=False,
         description="Shared secret of the webhooks' HMAC-SHA256 signature (`Callscribe-Signature`)",
     )
     webhook_finals: bool = Field(default=False, description="Also post each final as it is stored")

@@ -70,7 +70,9 @@ def figures(
     """The figures of one run (see the module docstring); times are loop times, ``cpu`` in CPU-s."""
     expected: dict[int, int] = {}
     unattributed = 0
-    for conn in fake_stats["connections"]:
+    # a connection that carried no audio is a transcriber's start-up probe, not a call's
+    asr_conns = [c for c in fake_stats["connections"] if c.get("audio_bytes", 1)]
+    for conn in asr_conns:
         owners = {m // MARKER_STRIDE for m in conn["markers"]}
         if len(owners) != 1:
             unattributed += 1
@@ -120,7 +122,7 @@ def figures(
             "p99": pct(tick_late_ms, 0.99),
             "max": max(tick_late_ms, default=None),
         },
-        "asr_connections": len(fake_stats["connections"]),
+        "asr_connections": len(asr_conns),
         "unattributed_connections": unattributed,
         "calls": {"total": len(calls), "errors": sum(1 for c in calls if c.error)},
         "watchers": {
