@@ -1,7 +1,8 @@
 """The ``callscribe`` command: ``callscribe {ingest,transcriber,gateway,simulate,watch,demo,token}``.
 
-The three service subcommands hand their arguments to ``services.<name>.__main__.main(argv)``
-unchanged (so ``callscribe ingest --port 5000`` is ``python -m services.ingest --port 5000``).
+The three service subcommands hand the arguments after their name to
+``services.<name>.__main__.main(argv)`` (so ``callscribe ingest --port 5000`` is ``python -m
+services.ingest --port 5000``); the global ``--log-level`` before the name sets ``LOG_LEVEL``.
 The others are this package's tools. Exit status: 0 success, 1 failure, 2 bad arguments,
 130 interrupted (SIGINT/SIGTERM).
 """
@@ -11,12 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.metadata
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from callscribe.rest import add_rest_commands
 from shared.logs import setup_logging
+from shared.settings import LOG_LEVELS
 
 SERVICES = {
     "ingest": "Twilio Media Streams WebSocket → mixed frames in Redis (port 5000)",
@@ -24,6 +29,9 @@ SERVICES = {
     "gateway": "clients: /v1/ws, /client, REST, web page (port 8080)",
 }
 EXIT_INTERRUPTED = 130
+TOOLS_LOG_LEVEL = "WARNING"
+"""Log level of simulate, watch, calls, transcript and demo unless ``--log-level`` or
+``LOG_LEVEL`` says otherwise (the services default to ``LOG_LEVEL``'s INFO)."""
 
 
 def run_interruptible(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
@@ -85,6 +93,7 @@ async def until_stopped(work: Awaitable[int], stop: asyncio.Event) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from callscribe.demo import bundled_recording
     from callscribe.simulate import (
         SimulateError,
         SimulateOptions,
@@ -95,8 +104,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         webhook_signature_url,
     )
 
+    if args.print_bundled:
+        print(bundled_recording())
+        return 0
     try:
-        tracks = load_tracks(args.audio)
+        tracks = load_tracks(args.audio or [bundled_recording()])
         options = SimulateOptions(
             ingest_url=args.ingest,
             calls=args.calls,
@@ -129,11 +141,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_watch(args: argparse.Namespace) -> int:
     from callscribe.render import CallRenderer
     from callscribe.watch import WatchOptions, v1_url, watch
+    from shared.schema import STREAM_ID_PATTERN
 
     try:
         url = v1_url(args.gateway)
     except ValueError as exc:
         print(f"callscribe watch: --gateway: {exc}", file=sys.stderr)
+        return 2
+    if args.since is not None and not re.match(STREAM_ID_PATTERN, args.since):
+        print(
+            f"callscribe watch: --since: not a history ID (like 1700000000000-0, or 0): "
+            f"{args.since!r}",
+            file=sys.stderr,
+        )
         return 2
     options = WatchOptions(
         url=url,
@@ -142,6 +162,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         open_timeout_s=args.open_timeout_s,
         reconnects=args.reconnects,
         token=args.token or None,
+        reconnect_for_s=args.retry_for_s,
     )
     renderer = CallRenderer(sys.stdout)
 
@@ -196,7 +217,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         gateway_port=args.gateway_port,
         audio=args.audio,
     )
-    return run_interruptible(lambda stop: run_demo(options, stop))
+    from callscribe.pipes import EXIT_BROKEN_PIPE, PipeGuard, silence_stdout
+
+    guard: PipeGuard | None = None
+
+    def demo(stop: asyncio.Event) -> Awaitable[int]:
+        nonlocal guard
+        guard = PipeGuard(sys.stdout, stop.set)  # head -3 closing the pipe stops the demo
+        return run_demo(options, stop, out=guard)  # type: ignore[arg-type]
+
+    status = run_interruptible(demo)
+    if guard is not None and guard.broken:
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+    return status
 
 
 # --------------------------------------------------------------------------- parser
@@ -208,18 +242,36 @@ def build_parser() -> argparse.ArgumentParser:
         prog="callscribe",
         description="Live transcripts of Twilio phone calls, for many watchers at once.",
     )
-    parser.add_argument("--log-level", default="WARNING", help="log level on stderr (WARNING)")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="log level on stderr; default LOG_LEVEL, else INFO for the services and WARNING "
+        "for the other commands (their own output stays readable)",
+    )
+    parser.add_argument("--version", action="version", version=f"callscribe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in SERVICES.items():
+        # options after a service's name are its own: parsed by services.<name>.__main__
         sub.add_parser(name, help=text, add_help=False)
 
     sim = sub.add_parser(
         "simulate",
         help="stream WAV files into ingest as Twilio calls",
         description="Play WAV files into ingest as Twilio Media Streams calls. A stereo file is "
-        "caller/callee; two mono files likewise; one mono file is a one-track call.",
+        "caller/callee; two mono files likewise; one mono file is a one-track call. Without a "
+        "file: the bundled two-party recording (call_dentist.wav, 28 s).",
     )
-    sim.add_argument("audio", nargs="+", metavar="AUDIO", help="WAV file(s), any rate/width")
+    sim.add_argument(
+        "audio",
+        nargs="*",
+        metavar="AUDIO",
+        help="WAV file(s), any rate/width; none: the bundled two-party recording",
+    )
+    sim.add_argument(
+        "--print-bundled", action="store_true", help="print the bundled recording's path and exit"
+    )
     sim.add_argument("--ingest", default="ws://127.0.0.1:5000/twilio", help="ingest's /twilio URL")
     sim.add_argument("--speed", type=float, default=1.0, help="pace: 1 = real time, 4 = 4x faster")
     sim.add_argument("--calls", type=int, default=1, help="concurrent calls (distinct SIDs)")
@@ -245,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         "watch",
         help="follow a call's transcript in the terminal",
         description="Follow a call's live transcript through the gateway's /v1/ws. Without "
-        "CALL_SID: the only live call, else the next one to start. Exits 0 when the call ends.",
+        "CALL_SID: the only live call, else the next one to start. Exits 0 when the call ends "
+        "with its transcript complete; 1 when the call is unknown, recognition failed or the "
+        "gateway stays unreachable.",
     )
     watch.add_argument("call_sid", nargs="?", metavar="CALL_SID", help="the call to follow")
     watch.add_argument(
@@ -256,7 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--open-timeout-s", type=float, default=10.0, help="handshake timeout (s)")
     watch.add_argument(
-        "--reconnects", type=int, default=5, help="lost connections to survive before giving up"
+        "--retry-for-s",
+        type=float,
+        default=120.0,
+        help="keep reconnecting to the gateway this long after losing it (s, 120)",
+    )
+    watch.add_argument(
+        "--reconnects", type=int, default=None, help="at most this many tries in a row (no limit)"
     )
     watch.add_argument(
         "--token",
@@ -282,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl-s", type=float, default=3600.0, help="valid for this long (s)")
     token.add_argument("--subject", default="operator", help="who holds it (the sub claim)")
     token.set_defaults(func=_cmd_token)
+    add_rest_commands(sub)
 
     demo = sub.add_parser(
         "demo",
@@ -299,15 +360,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("callscribe")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``callscribe`` console script; returns the exit status."""
+    """Entry point of the ``callscribe`` console script; returns the exit status.
+
+    Global options (``--log-level``, ``--version``) come before the subcommand; a service
+    subcommand's own options (``--host``, ``--port``, ``--check``, ``--help``) after it.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv and argv[0] in SERVICES:
-            module = importlib.import_module(f"services.{argv[0]}.__main__")
-            return int(module.main(argv[1:]))
-        args = build_parser().parse_args(argv)
-        setup_logging(args.log_level)
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        if args.command in SERVICES:
+            if args.log_level:
+                os.environ["LOG_LEVEL"] = args.log_level  # the service reads its settings
+            module = importlib.import_module(f"services.{args.command}.__main__")
+            return int(module.main(rest))
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        setup_logging(args.log_level or os.environ.get("LOG_LEVEL") or TOOLS_LOG_LEVEL)
         return int(args.func(args))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are set (imports, model)
         return EXIT_INTERRUPTED

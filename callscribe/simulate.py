@@ -125,6 +125,13 @@ class SimulateOptions:
     webhook_signature_url: str | None = None
 
 
+def _reason(exc: Exception, options: SimulateOptions) -> str:
+    """Why a call failed, for a person: names ingest's URL when it could not be reached."""
+    if isinstance(exc, OSError | TimeoutError):
+        return f"cannot reach ingest at {options.ingest_url} ({exc.__class__.__name__}: {exc})"
+    return f"{exc.__class__.__name__}: {exc}" if not str(exc) else str(exc)
+
+
 def _fmt_counts(counts: dict[str, Any]) -> str:
     """``stream_call``'s counts for a person: floats to 0.1, internal clock readings left out."""
     return " ".join(
@@ -170,12 +177,15 @@ async def simulate(tracks: list[bytes], options: SimulateOptions, out: TextIO = 
             seed=seed,
             outbound_delay_ms=options.outbound_delay_ms if len(tracks) == 2 else 0,
         )
-        print(
-            f"call {index + 1}/{options.calls} {call.call_sid} started: "
-            f"{len(tracks)} track(s), {seconds:.1f} s of audio at {options.speed:g}x",
-            file=out,
-            flush=True,
-        )
+
+        def connected() -> None:
+            print(
+                f"call {index + 1}/{options.calls} {call.call_sid} started: "
+                f"{len(tracks)} track(s), {seconds:.1f} s of audio at {options.speed:g}x",
+                file=out,
+                flush=True,
+            )
+
         try:
             counts = await stream_call(
                 options.ingest_url,
@@ -186,16 +196,14 @@ async def simulate(tracks: list[bytes], options: SimulateOptions, out: TextIO = 
                 open_timeout_s=options.open_timeout_s,
                 webhook_url=twiml_url(options.ingest_url) if options.auth_token else None,
                 webhook_signature_url=options.webhook_signature_url,
+                on_connected=connected,
             )
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # one failed call is reported; the others go on
+        except Exception as exc:  # one failed call is reported (once, here); the others go on
             failures += 1
-            log.warning(
-                "call failed", extra={"call_sid": call.call_sid, "error": type(exc).__name__}
-            )
             print(
-                f"call {index + 1}/{options.calls} {call.call_sid} failed: {exc}",
+                f"call {index + 1}/{options.calls} {call.call_sid} failed: {_reason(exc, options)}",
                 file=out,
                 flush=True,
             )

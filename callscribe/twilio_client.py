@@ -22,6 +22,7 @@ import math
 import random
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,6 +246,7 @@ async def stream_call(
     open_timeout_s: float = 10.0,
     webhook_url: str | None = None,
     webhook_signature_url: str | None = None,
+    on_connected: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Send ``call`` to the Media Streams WebSocket at ``url``, paced like Twilio.
 
@@ -258,6 +260,7 @@ async def stream_call(
         auth_token: sign the handshake (``X-Twilio-Signature`` over ``signature_url or url``
             with no parameters).
         open_timeout_s: handshake timeout, s.
+        on_connected: called once the handshake succeeded, before the first message.
 
     Returns:
         ``{"sent_packets", "dropped_packets", "messages", "duration_s", "close_code",
@@ -292,6 +295,8 @@ async def stream_call(
     async with connect(
         url, additional_headers=headers, open_timeout=open_timeout_s, max_size=1 << 20
     ) as ws:
+        if on_connected is not None:
+            on_connected()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         try:

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from callscribe.render import CallRenderer
+from shared.retry import Backoff
 from shared.schema import CallMeta, TranscriptEvent
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,18 @@ class WatchOptions:
     ``call_ended`` without ``end``, how long to wait for it before exiting anyway.
     ``wait_for_start``: with ``call_sid``, subscribe only once that call is live (listed or
     ``call_started``), from its start (the demo, which starts its watcher before its call).
-    ``reconnects``: how many lost connections to survive (``reconnect_delay_s`` apart).
+    ``reconnect_for_s``: after a lost connection (a gateway restarting, a rolling restart of
+    several), how long to keep trying, with backoff from ``reconnect_delay_s`` up to
+    ``reconnect_max_s`` and jitter, before giving up; ``reconnects``: at most this many tries
+    in a row (None = as many as fit in ``reconnect_for_s``).
     ``tick_s``: progress refresh period on a TTY. ``token``: the bearer token sent as
     ``Authorization: Bearer`` (``callscribe token`` mints one); None when the gateway runs
     with ``GATEWAY_AUTH=none``.
+
+    Exit status of a watch: 0 once the call ended with its transcript complete; 1 when the
+    gateway could not be reached for ``reconnect_for_s``, the call is unknown (not live, not in
+    the gateway's history; unless ``wait_for_start``), recognition failed (``asr_failed``:
+    the transcript is incomplete), or the gateway refused the token (1008).
     """
 
     url: str
@@ -56,8 +65,10 @@ class WatchOptions:
     open_timeout_s: float = 10.0
     end_grace_s: float = 3.0
     wait_for_start: bool = False
-    reconnects: int = 5
-    reconnect_delay_s: float = 1.0
+    reconnects: int | None = None
+    reconnect_for_s: float = 120.0
+    reconnect_delay_s: float = 0.5
+    reconnect_max_s: float = 5.0
     tick_s: float = 1.0
     token: str | None = None
 
@@ -89,6 +100,7 @@ class _State:
     ended: bool = False
     started_rendering: bool = False
     grace_deadline: float | None = None
+    failed: str | None = None  # why the exit status will be 1 (asr_failed, unknown call)
     live: dict[str, CallMeta] = field(default_factory=dict)
 
 
@@ -118,20 +130,24 @@ class Watcher:
 
     async def _run(self) -> int:
         url = v1_url(self.options.url)
-        failures = 0
-        headers = {"Authorization": f"Bearer {self.options.token}"} if self.options.token else {}
+        opts = self.options
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(base_s=opts.reconnect_delay_s, cap_s=opts.reconnect_max_s)
+        failing_since: float | None = None
+        headers = {"Authorization": f"Bearer {opts.token}"} if opts.token else {}
         while True:
             try:
                 async with connect(
                     url,
-                    open_timeout=self.options.open_timeout_s,
+                    open_timeout=opts.open_timeout_s,
                     close_timeout=2.0,
                     additional_headers=headers,
                 ) as ws:
-                    failures = 0
+                    failing_since = None
+                    backoff.reset()
                     done = await self._session(ws)
                     if done:
-                        return EXIT_OK
+                        return self._verdict()
                     reason = "the gateway closed the connection"
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 reason = f"cannot reach the gateway at {url} ({exc.__class__.__name__}: {exc})"
@@ -140,16 +156,34 @@ class Watcher:
                     self.renderer.note(f"refused by the gateway: {exc.rcvd.reason}")
                     return EXIT_FAILED
                 reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
-            failures += 1
-            if failures > self.options.reconnects:
+            if self._state.failed is not None and not self._state.subscribed:
+                self.renderer.note(self._state.failed)
+                return EXIT_FAILED
+            now = loop.time()
+            first = failing_since is None
+            failing_since = now if failing_since is None else failing_since
+            out_of_tries = opts.reconnects is not None and backoff.failures >= opts.reconnects
+            if out_of_tries or now - failing_since >= opts.reconnect_for_s:
                 self.renderer.note(f"giving up: {reason}")
                 return EXIT_FAILED
-            self.renderer.note(f"{reason}; reconnecting")
-            log.info("reconnect", extra={"call_sid": self._state.target, "attempt": failures})
+            if first:  # one line per outage, not one per try
+                self.renderer.note(
+                    f"{reason}; reconnecting (for up to {opts.reconnect_for_s:.0f} s)"
+                )
+            log.info(
+                "reconnect", extra={"call_sid": self._state.target, "attempt": backoff.failures + 1}
+            )
             self._state.subscribed = False
             if self._state.last_final_id is not None:
                 self._state.since = self._state.last_final_id
-            await asyncio.sleep(self.options.reconnect_delay_s)
+            await backoff.wait()
+
+    def _verdict(self) -> int:
+        """The exit status once the call is over: 1 (with a note) when its transcript is incomplete."""
+        if self._state.failed is not None:
+            self.renderer.note(self._state.failed)
+            return EXIT_FAILED
+        return EXIT_OK
 
     async def _session(self, ws: ClientConnection) -> bool:
         """One connection: list, subscribe, render. True once the call is over."""
@@ -247,9 +281,16 @@ class Watcher:
             if code == "already_subscribed":
                 return False
             self.renderer.note(f"gateway: {code}: {text}")
+            if code == "asr_failed" and message.get("call_sid") in (None, st.target):
+                st.failed = "the transcript is incomplete: speech recognition failed (asr_failed)"
             if code == "unknown_call" and message.get("call_sid") in (None, st.target):
-                st.subscribed = False  # not there yet: subscribe when it starts
-                self.renderer.note(f"waiting for call {st.target} to start")
+                st.subscribed = False
+                if not self.options.wait_for_start:
+                    st.failed = (
+                        f"no such call: {st.target} (not live, nor in the gateway's history)"
+                    )
+                    return True
+                self.renderer.note(f"waiting for call {st.target} to start")  # the demo's call
             return False
         return False
 

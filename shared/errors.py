@@ -3,7 +3,7 @@
 ::
 
     CallscribeError
-    ├── ConfigError              settings a service refuses to start with (one line, exit 2)
+    ├── ConfigError              a setting or argument that cannot work (one line for the user)
     ├── BadInput                 something a peer sent that we refuse (never a crash)
     │   ├── TwilioMessageError   a malformed or out-of-order Twilio Media Streams message
     │   ├── ClientMessageError   a gateway client speaking nonsense
@@ -24,8 +24,10 @@ class CallscribeError(Exception):
 
 
 class ConfigError(CallscribeError):
-    """A service cannot start with these settings (e.g. no key while authentication is on);
-    the message says which setting to give, in one line."""
+    """A setting, argument or credential that cannot work; the message names it, in one line.
+
+    A service's entry point prints it as ``callscribe <service>: <message>`` and exits 2.
+    """
 
 
 class BadInput(CallscribeError):

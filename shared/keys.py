@@ -18,6 +18,21 @@ JOBS = "cs:jobs"
 JOBS_GROUP = "transcribers"
 """The consumer group on :data:`JOBS`; a call is owned by the worker holding its pending entry."""
 
+RECENT_CALLS = "cs:calls:recent"
+"""ZSET of callSids scored by ``started_at`` (Unix s): calls with a final or an end, kept
+``RETENTION_S`` (the transcriber writes, the gateway's history reads)."""
+
+WORDS_PREFIX = "cs:words:"
+"""Prefix of the search index ``cs:words:<word>``: a ZSET of the callSids whose transcript has
+the word, scored by ``started_at``."""
+
+WEBHOOKS = "cs:webhooks"
+"""STREAM of webhook deliveries to make (fields ``event``, ``call_sid``, ``key``, ``payload``),
+written by the transcriber in its transactions when webhooks are configured."""
+
+WEBHOOKS_GROUP = "notifiers"
+"""The consumer group on :data:`WEBHOOKS`: each delivery goes to one transcriber's notifier."""
+
 WORKERS_PREFIX = "cs:worker:"
 """Prefix of each transcriber's health key ``cs:worker:<consumer>`` (a STRING with a TTL)."""
 
@@ -40,6 +55,11 @@ def transcript(call_sid: str) -> str:
 def live(call_sid: str) -> str:
     """PUB/SUB channel carrying every event of the call as JSON."""
     return f"cs:{{{call_sid}}}:live"
+
+
+def word(token: str) -> str:
+    """ZSET of the calls whose finals contain ``token`` (a lower-case word), by ``started_at``."""
+    return f"{WORDS_PREFIX}{token}"
 
 
 def worker(consumer: str) -> str:

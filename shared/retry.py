@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -16,6 +17,12 @@ REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError)
 
 
 T = TypeVar("T")
+
+WARN_EVERY_S = 30.0
+"""The same failure (logger and message) is logged as a warning at most this often, s; the
+others in between go out at debug level and are counted in the next warning's ``repeated``."""
+
+_last_warned: dict[tuple[str, str], tuple[float, int]] = {}
 
 FAILURES: Counter[str] = Counter()
 """Failures passed to :meth:`Backoff.retry_after` since the process started, by the name of the
@@ -51,15 +58,27 @@ class Backoff:
     async def retry_after(
         self, exc: BaseException, logger: logging.Logger, msg: str, **extra: object
     ) -> None:
-        """Log one warning line for a failure (``error``, ``retry_in_s``, ``extra``), then wait.
+        """Log one line for a failure (``error``, ``retry_in_s``, ``extra``), then wait.
 
-        The line goes out before the wait, so it says when the next try will be.
+        The line goes out before the wait, so it says when the next try will be. It is a warning
+        the first time and then at most every :data:`WARN_EVERY_S` per logger and message (with
+        ``repeated``: the failures logged at debug level since), so a long outage does not
+        flood the log.
         """
         delay = self.next_delay_s()
         FAILURES[logger.name] += 1
-        logger.warning(
-            msg, extra={**extra, "error": exc.__class__.__name__, "retry_in_s": round(delay, 3)}
-        )
+        fields = {**extra, "error": exc.__class__.__name__, "retry_in_s": round(delay, 3)}
+        now = time.monotonic()
+        key = (logger.name, msg)
+        last, quiet = _last_warned.get(key, (-WARN_EVERY_S, 0))
+        if now - last >= WARN_EVERY_S:
+            if quiet:
+                fields["repeated"] = quiet
+            _last_warned[key] = (now, 0)
+            logger.warning(msg, extra=fields)
+        else:
+            _last_warned[key] = (last, quiet + 1)
+            logger.debug(msg, extra=fields)
         await asyncio.sleep(delay)
 
 

@@ -314,7 +314,9 @@ class CallMeta(BaseModel):
     ``started_at``/``ended_at`` are Unix times in seconds. ``tracks`` lists the Twilio tracks
     (``inbound``, ``outbound``); ``channels`` is ``len(tracks)``: 2 = stereo, 1 = mono.
     ``status``: ``queued`` while the call waits for a transcriber (its audio is kept), ``live``
-    once one serves it, ``ended`` when it is over.
+    once one serves it, ``ended`` when it is over. ``failure``: why an ended call's transcript
+    is incomplete (``asr_failed``: recognition failed; ``audio_stopped``: the audio stopped
+    without the call's end), None when it is not.
     """
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
@@ -330,6 +332,7 @@ class CallMeta(BaseModel):
     ended_at: float | None = None
     status: CallStatus = "live"
     custom_parameters: dict[str, str] = Field(default_factory=dict)
+    failure: str | None = None
 
     def to_redis(self) -> dict[str, str]:
         """The hash fields of ``cs:{sid}:meta`` (all strings; lists and dicts as JSON)."""
@@ -347,6 +350,8 @@ class CallMeta(BaseModel):
         }
         if self.ended_at is not None:
             fields["ended_at"] = f"{self.ended_at:.3f}"
+        if self.failure is not None:
+            fields["failure"] = self.failure
         return fields
 
     @classmethod
@@ -379,6 +384,7 @@ class CallMeta(BaseModel):
             ended_at=float(f["ended_at"]) if f.get("ended_at") else None,
             status=status if (status := f.get("status", "live")) in _STATUSES else "live",
             custom_parameters=params if isinstance(params, dict) else {},
+            failure=f.get("failure") or None,
         )
 
 
@@ -402,6 +408,31 @@ class CallEnded(_Event):
 
     type: Literal["call_ended"] = "call_ended"
     call: CallMeta
+
+
+class CallSummary(CallMeta):
+    """One call of a history page: its metadata and what a supervisor wants at a glance.
+
+    ``started``/``ended``: ``started_at``/``ended_at`` as ISO 8601 with the zone (UTC,
+    ``2026-12-03T18:21:14.126+00:00``). ``duration_s``: seconds from start to end, or to now for
+    a call not ended. ``finals``: finals in its history. ``direction``: Twilio's ``Direction``
+    parameter (``inbound``, ``outbound-dial``…), empty when the stream did not carry it.
+    """
+
+    started: str = ""
+    ended: str | None = None
+    duration_s: float = 0.0
+    finals: int = 0
+    direction: str = ""
+
+
+class HistoryPage(_Event):
+    """The answer to a ``history`` request and to ``GET /v1/calls`` with filters: calls newest
+    first; ``next_cursor`` continues after the last of them (None: nothing more)."""
+
+    type: Literal["history_page"] = "history_page"
+    calls: list[CallSummary]
+    next_cursor: str | None = None
 
 
 class EndEvent(_Event):
@@ -462,8 +493,31 @@ class UnsubscribeRequest(_ClientMessage):
     call_sid: str = Field(min_length=1, max_length=64)
 
 
+class HistoryRequest(_ClientMessage):
+    """``{"type": "history", "status": "ended", "number": "+1555", "q": "cleaning"}``: recent
+    calls (queued, live and ended), filtered, newest first, one page (answer: ``history_page``).
+
+    ``from``/``to``: start time bounds, ISO 8601 (``2026-12-03T09:00:00Z``) or Unix seconds.
+    ``number``: part of the caller's or callee's number. ``q``: words every one of which the
+    call's transcript contains. ``cursor``: a ``next_cursor`` from the previous page.
+    ``limit``: calls per page.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["history"]
+    status: CallStatus | None = None
+    number: str | None = Field(default=None, max_length=32)
+    from_: str | None = Field(default=None, alias="from", max_length=40)
+    to: str | None = Field(default=None, max_length=40)
+    q: str | None = Field(default=None, max_length=200)
+    cursor: str | None = Field(default=None, max_length=120)
+    limit: int = Field(default=50, ge=1, le=200)
+
+
 ClientRequest = Annotated[
-    ListRequest | SubscribeRequest | UnsubscribeRequest, Field(discriminator="type")
+    ListRequest | SubscribeRequest | UnsubscribeRequest | HistoryRequest,
+    Field(discriminator="type"),
 ]
 _client_adapter: TypeAdapter[ClientRequest] = TypeAdapter(ClientRequest)
 
@@ -487,7 +541,7 @@ def parse_client(raw: str | bytes) -> ClientRequest:
         where = ".".join(str(p) for p in first["loc"]) or "type"
         raise ClientMessageError(
             "bad_request",
-            f"{where}: {first['msg']} (types: list, subscribe, unsubscribe)",
+            f"{where}: {first['msg']} (types: list, subscribe, unsubscribe, history)",
         ) from None
 
 

@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+"""The values ``LOG_LEVEL`` and ``--log-level`` accept (any case)."""
+
 
 class CommonSettings(BaseSettings):
     """What every service honours."""
@@ -40,6 +43,13 @@ class CommonSettings(BaseSettings):
     transcript_maxlen: int = Field(
         default=10_000, gt=0, description="MAXLEN of a call's transcript stream (finals)"
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        if v.upper() not in LOG_LEVELS:
+            raise ValueError(f"not a log level; one of {', '.join(LOG_LEVELS)}")
+        return v.upper()
 
 
 class IngestSettings(CommonSettings):
@@ -205,6 +215,23 @@ class TranscriberSettings(CommonSettings):
     keepalive_s: float = Field(default=3.0, gt=0, description="KeepAlive interval while idle")
     connect_timeout_s: float = Field(default=10.0, gt=0, description="Deepgram handshake timeout")
     max_retries: int = Field(default=5, ge=0, description="Reconnects per call before giving up")
+    # webhooks
+    webhook_urls: str = Field(
+        default="",
+        description="Comma-separated URLs that receive `call_started`, `call_ended` (with the full transcript) and, with WEBHOOK_FINALS, each final, signed (docs/protocol.md, Webhooks)",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        repr=False,
+        description="Shared secret of the webhooks' HMAC-SHA256 signature (`Callscribe-Signature`)",
+    )
+    webhook_finals: bool = Field(default=False, description="Also post each final as it is stored")
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one webhook POST")
+    webhook_max_attempts: int = Field(
+        default=12,
+        gt=0,
+        description="Tries per webhook and URL (backoff 1 s doubling to 60 s: about 8 min) before it is dropped with an error line",
+    )
     # whisper
     whisper_model: str = Field(
         default="",

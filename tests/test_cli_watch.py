@@ -194,3 +194,37 @@ async def test_watch_survives_a_gateway_restart_without_gap_or_duplicate(
     text = "".join(seen) + out.decode()
     for line in ("Before the restart.", "While it was down.", "After it came back."):
         assert text.count(line) == 1, text
+
+
+async def test_watch_an_unknown_call_exits_1_at_once(gateway_port: int) -> None:
+    """A CALL_SID the gateway does not know (not live, not in history): exit 1 saying so."""
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", "CA" + "9" * 32, "--gateway", f"ws://127.0.0.1:{gateway_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 1, (out, err)
+    assert "no such call: CA" + "9" * 32 in out.decode()
+    assert b"Traceback" not in err
+
+
+async def test_watch_exits_1_when_the_transcript_is_incomplete(gateway_port: int, redis) -> None:
+    """asr_failed before the end: the finals are shown, then exit 1 saying the transcript is incomplete."""
+    from shared.schema import ErrorEvent
+
+    meta = CallMeta(call_sid=SID, stream_sid="MZ1", account_sid="AC1")
+    await _start_call(redis, meta)
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", SID, "--gateway", f"ws://127.0.0.1:{gateway_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert f"watching call {SID}" in await _readline(proc.stdout)
+    await _publish_final(redis, _final(0, 0, 0.0, "Heard this."))
+    assert "Heard this." in await _readline(proc.stdout)
+    failed = ErrorEvent(code="asr_failed", message="transcription failed", call_sid=SID)
+    await redis.publish(keys.live(SID), failed.to_json())
+    await _end_call(redis, meta)
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 1, err.decode()
+    assert "transcript is incomplete" in out.decode()

@@ -71,7 +71,9 @@ def figures(
     expected: dict[int, int] = {}
     opened: dict[int, float] = {}  # call index -> wall time its first ASR connection opened
     unattributed = 0
-    for conn in fake_stats["connections"]:
+    # a connection that carried no audio is a transcriber's start-up probe, not a call's
+    asr_conns = [c for c in fake_stats["connections"] if c.get("audio_bytes", 1)]
+    for conn in asr_conns:
         owners = {m // MARKER_STRIDE for m in conn["markers"]}
         if len(owners) != 1:
             unattributed += 1
@@ -128,7 +130,7 @@ def figures(
             "p99": pct(tick_late_ms, 0.99),
             "max": max(tick_late_ms, default=None),
         },
-        "asr_connections": len(fake_stats["connections"]),
+        "asr_connections": len(asr_conns),
         "asr_open_ms_p50": pct(asr_open_ms, 0.5),
         "asr_open_ms_max": max(asr_open_ms, default=None),
         "unattributed_connections": unattributed,

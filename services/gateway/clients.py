@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from services.gateway import store
+from services.gateway import history, store
 from services.gateway.auth import Authenticator, Grant, presented_token
 from services.gateway.connection import Connections, serve_connection
 from services.gateway.guard import Guard
@@ -51,7 +51,14 @@ from services.gateway.outbox import CLOSE_INTERNAL, CLOSE_POLICY, DirectWriter, 
 from services.gateway.subscribers import CallSubscriber, CallsWatcher
 from shared.errors import ClientMessageError, RedisUnavailable, Unauthorized
 from shared.limits import TokenBucket
-from shared.schema import CallMeta, ErrorEvent, ListRequest, SubscribeRequest, parse_client
+from shared.schema import (
+    CallMeta,
+    ErrorEvent,
+    HistoryRequest,
+    ListRequest,
+    SubscribeRequest,
+    parse_client,
+)
 from shared.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -358,6 +365,18 @@ class _JsonSession:
     async def _handle(self, text: str) -> None:
         request = parse_client(text)
         grant = self.grant
+        if isinstance(request, HistoryRequest):
+            if request.q and not grant.history:
+                raise ClientMessageError("forbidden", "searching transcripts needs history")
+            page = await history.search(
+                self.hub.redis,
+                history.Query.from_request(request),
+                retention_s=self.gw.settings.retention_s,
+                timeout_s=self.hub.redis_timeout_s,
+            )
+            page.calls = [c for c in page.calls if grant.sees(c)]  # the token's scope
+            self.outbox.put(page.to_json())
+            return
         if isinstance(request, ListRequest):
             if self.watcher is None:
                 keep = None if grant.all_calls else grant.sees

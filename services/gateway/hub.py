@@ -267,7 +267,9 @@ class Hub:
                 await self._read(ps)
             except _REDIS_ERRORS as exc:
                 self.redis_errors += 1
-                log.warning(
+                # one warning per outage (the start-up probe names the URL); the rest at debug
+                log.log(
+                    logging.WARNING if backoff.failures == 0 else logging.DEBUG,
                     "redis pubsub lost",
                     extra={"error": exc.__class__.__name__, "failures": backoff.failures + 1},
                 )

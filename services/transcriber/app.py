@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from services.transcriber.engine import AsrEngine
 from services.transcriber.engines import make_engine
 from services.transcriber.metrics import serve_status
+from services.transcriber.probe import Probe, probe_until_ok
+from services.transcriber.webhooks import Notifier
+from services.transcriber.webhooks import urls as webhook_urls
 from services.transcriber.worker import Worker
 from shared.redisconn import connect
 from shared.settings import TranscriberSettings
@@ -19,12 +23,15 @@ async def run(
     stop: asyncio.Event,
     bound: asyncio.Future[int] | None = None,
     engine: AsrEngine | None = None,
+    probe: Probe | None = None,
 ) -> None:
     """Serve calls until ``stop`` is set.
 
     ``bound`` receives the port of the worker's ``/metrics`` and ``/healthz`` server
     (``METRICS_HOST:METRICS_PORT``; port 0 = a free one).
     ``engine``: an engine to use instead of :func:`make_engine` (tests); it is not closed here.
+    ``probe``: the verdict of the start-up Deepgram probe (``callscribe transcriber``); while it
+    is UNREACHABLE the worker re-probes and its health key says ``asr_ok: false``.
 
     Raises:
         AsrError: the configured engine cannot be created (e.g. whisper without faster-whisper).
@@ -35,10 +42,28 @@ async def run(
     socket_timeout_s = max(settings.redis_socket_timeout_s, settings.read_block_ms / 1000 + 5.0)
     redis = connect(settings.redis_url, socket_timeout_s=socket_timeout_s)
     worker = Worker(settings, redis, asr)
+    reprobe = (
+        asyncio.create_task(probe_until_ok(settings, probe, worker.health), name="asr-probe")
+        if probe is not None
+        else None
+    )
+    notifier = (
+        asyncio.create_task(Notifier(settings, redis).run(), name="webhooks")
+        if webhook_urls(settings)
+        else None
+    )
     try:
         async with serve_status(worker, bound):
             await worker.run(stop)
     finally:
+        if notifier is not None:
+            notifier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await notifier
+        if reprobe is not None:
+            reprobe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reprobe
         if own_engine:
             await asr.aclose()
         await redis.aclose()

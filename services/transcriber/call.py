@@ -21,8 +21,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from services.transcriber.engine import AsrEngine, AsrSession, CallAudio
+from services.transcriber.index import index_end, index_final
 from services.transcriber.live import LivePublisher
 from services.transcriber.queueing import set_status
+from services.transcriber.webhooks import enqueue
 from shared import keys
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
@@ -112,6 +114,7 @@ class CallPipeline:
         self._persisted_s = 0.0  # min(final_end_s) of the last checkpoint written
         self.sent_ms: float | None = None  # call time up to which audio went to the engine
         self.on_published: Callable[[CallPipeline, TranscriptEvent], None] | None = None
+        self.failure: str | None = None  # meta ``failure`` at the end: asr_failed, audio_stopped
 
     # ------------------------------------------------------------------ reader side
 
@@ -153,6 +156,7 @@ class CallPipeline:
                     extra={"call_sid": self.sid, "idle_s": self.settings.audio_idle_s},
                 )
                 self.eof_read = True
+                self.failure = "audio_stopped"
                 return self.last_id, AudioFrame(t_ms=end_ms, eof=True)
             self.wake.set()
             return item
@@ -256,6 +260,10 @@ class CallPipeline:
         self._persisted_s = min(self.final_end_s)
         if self.last_id != "0-0":
             log.info("call resumed", extra={"call_sid": self.sid, "resume_audio_id": self.last_id})
+        if self._hooks:  # once per owner; a takeover repeats it with the same idempotency key
+            await self._transact(
+                lambda pipe: enqueue(pipe, "call_started", self.sid, f"{self.sid}:call_started")
+            )
         self.ready = True
         self.wake.set()
         return "serve"
@@ -330,6 +338,18 @@ class CallPipeline:
         self.live.publish(keys.live(self.sid), event.to_json())
         self._published(event)
 
+    @property
+    def _started_at(self) -> float:
+        return self.meta.started_at if self.meta is not None else time.time()
+
+    @property
+    def _hooks(self) -> bool:
+        return bool(self.settings.webhook_urls.strip())
+
+    @property
+    def _retention_s(self) -> int:
+        return self.settings.retention_s
+
     def _published(self, event: TranscriptEvent) -> None:
         """Tell :attr:`on_published` (the worker's metrics) that ``event`` was queued for
         publishing (the worker's :class:`LivePublisher` writes it within a few ms)."""
@@ -379,6 +399,10 @@ class CallPipeline:
                         approximate=True,
                     )  # type: ignore[arg-type]
                     pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]
+                    index_final(pipe, self.sid, self._started_at, event.text, self._retention_s)
+                    if self._hooks and self.settings.webhook_finals:
+                        key = f"{self.sid}:final:{event.segment}"
+                        enqueue(pipe, "final", self.sid, key, event.model_dump_json())
                     result = await pipe.execute()
                 return _s(result[0])
             except REDIS_FAILURES as exc:
@@ -412,17 +436,25 @@ class CallPipeline:
             self.live.publish(keys.live(self.sid), msg.to_json())
         await self.live.flush()  # every event of the call is out before its end
         now = time.time()
+        if error is not None:
+            self.failure = "asr_failed"
         meta = (self.meta or CallMeta(call_sid=self.sid)).model_copy(
-            update={"status": "ended", "ended_at": now}
+            update={"status": "ended", "ended_at": now, "failure": self.failure}
         )
+        ended_fields = {"status": "ended", "ended_at": f"{now:.3f}"}
+        if self.failure is not None:
+            ended_fields["failure"] = self.failure
         end_json = EndEvent(call_sid=self.sid).to_json()
         ended_json = CallEnded(call=meta).to_json()
 
         def build(pipe: Pipeline) -> None:
             pipe.publish(keys.live(self.sid), end_json)
             pipe.srem(keys.ACTIVE_CALLS, self.sid)
-            pipe.hset(keys.meta(self.sid), mapping={"status": "ended", "ended_at": f"{now:.3f}"})
+            pipe.hset(keys.meta(self.sid), mapping=ended_fields)  # type: ignore[arg-type]
             pipe.publish(keys.CALL_EVENTS, ended_json)
+            index_end(pipe, self.sid, meta.started_at, now, self.settings.retention_s)
+            if self._hooks:
+                enqueue(pipe, "call_ended", self.sid, f"{self.sid}:call_ended")
             pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
             pipe.xdel(keys.JOBS, self.job_id)
             for key in keys.call_keys(self.sid):

@@ -17,12 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def is_fresh(raw: bytes | str | None, *, now_s: float, max_age_s: float) -> bool:
-    """True when a health value ``{"calls", "ts"}`` was written less than ``max_age_s`` ago."""
+    """True when a health value ``{"calls", "ts", "asr_ok"}`` was written less than ``max_age_s``
+    ago and does not say the speech engine is unreachable (``asr_ok`` false)."""
     if raw is None:
         return False
     try:
         data = json.loads(raw)
-        return bool(now_s - float(data["ts"]) <= max_age_s)
+        return bool(now_s - float(data["ts"]) <= max_age_s) and data.get("asr_ok", True) is True
     except (ValueError, TypeError, KeyError):
         return False
 

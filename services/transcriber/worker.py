@@ -7,7 +7,7 @@ Three loops under one TaskGroup, plus one task per owned call:
   ``read_block_ms`` (https://redis.io/docs/latest/commands/xautoclaim/, /xreadgroup/).
 * *lease*: every ``lease_renew_s``, XCLAIM (min idle half a period, JUSTID) the jobs still
   pending under our name, so live calls never look idle; a job that another worker took is abandoned here. It also
-  refreshes the health key ``cs:worker:<consumer>`` (``{"calls", "ts"}``, TTL 3 leases).
+  refreshes the health key ``cs:worker:<consumer>`` (``{"calls", "ts", "asr_ok"}``, TTL 3 leases).
 * *audio*: one XREAD BLOCK over every owned call's audio stream from its last ID; a call whose
   queue is full is left out of the round until it drains, so backpressure stays in Redis.
 
@@ -73,6 +73,7 @@ class Worker:
         self._tg: asyncio.TaskGroup | None = None
         self.served = 0
         self.heartbeat_at: float | None = None  # monotonic time of the last health key write
+        self.health: dict[str, bool] = {"asr_ok": True}  # the start-up probe's verdict (probe.py)
         self.saturation = Saturation(self.consumer, settings.max_calls)
         self.metrics = TranscriberMetrics(self)
 
@@ -289,7 +290,9 @@ class Worker:
                 await cmd(
                     self.redis.set(
                         keys.worker(self.consumer),
-                        json.dumps({"calls": len(self.calls), "ts": round(time.time(), 3)}),
+                        json.dumps(
+                            {"calls": len(self.calls), "ts": round(time.time(), 3), **self.health}
+                        ),
                         px=health_ttl_ms(self.settings),
                     )
                 )

@@ -10,9 +10,13 @@ from services.gateway.rest import index_html
 
 HARNESS = r"""
 const script = process.argv[1];
-function el() { return { textContent: "", innerHTML: "", className: "", children: [],
+function el() { const e = { _text: "", innerHTML: "", className: "", children: [], dataset: {},
+  attrs: {}, setAttribute(k, v) { this.attrs[k] = v; },
   appendChild(c) { c.parent = this; this.children.push(c); },
-  remove() { const s = this.parent.children; s.splice(s.indexOf(this), 1); } }; }
+  remove() { const s = this.parent.children; s.splice(s.indexOf(this), 1); } };
+  Object.defineProperty(e, "textContent", { get() { return this._text + this.children.map((c) => c.textContent || "").join(""); },
+    set(v) { this._text = v; this.children = []; } });
+  return e; }
 const els = {};
 global.document = { getElementById: (id) => (els[id] ||= el()), createElement: el,
   createTextNode: (t) => ({ textContent: t }) };
@@ -20,12 +24,14 @@ global.location = { protocol: "http:", host: "gw:8080" };
 const sockets = [];
 global.WebSocket = class { constructor(u) { this.url = u; this.sent = []; this.readyState = 1;
   sockets.push(this); } send(m) { this.sent.push(JSON.parse(m)); } };
-global.setTimeout = () => {};
+global.setTimeout = () => {}; global.setInterval = () => {}; global.clearTimeout = () => {};
 eval(script + "\n;global.watch = watch;");
 const ws = sockets[0];
 ws.onopen();
 const recv = (o) => ws.onmessage({ data: JSON.stringify(o) });
-recv({ type: "calls", calls: [{ call_sid: "CA1" }, { call_sid: "CA2" }] });
+recv({ type: "calls", calls: [
+  { call_sid: "CA1", from: "+15550001111", to: "+15550002222", status: "live", started_at: Date.now() / 1000 - 65 },
+  { call_sid: "CA2", from: "+15550003333", to: "+15550004444", status: "queued", started_at: Date.now() / 1000 - 5 }] });
 const buttons = els.list.children.map((b) => b.textContent);
 watch("CA1");
 recv({ type: "subscribed", call_sid: "CA1" });
@@ -39,9 +45,18 @@ recv({ ...ev, segment: 1, text: "uh" });
 const noisy = els.lines.children.length;
 recv({ ...ev, segment: 1, id: "6-0", is_final: true, text: "" });
 shown.noise = [noisy, els.lines.children.length];
+recv({ type: "error", code: "asr_failed", message: "x", call_sid: "CA1" });
+const banner = [els.banner.className, els.banner.textContent];
+const exportsShown = els.exports.children.map((a) => a.href);
 recv({ type: "end", call_sid: "CA1" });
+recv({ type: "call_ended", call: { call_sid: "CA1", from: "+15550001111", to: "+15550002222", status: "ended",
+  started_at: 1800000000, ended_at: 1800000030, failure: "asr_failed", finals: 1 } });
+const recentShown = els.recent.children.map((b) => b.textContent);
+recv({ type: "error", code: "reconnecting", message: "x", call_sid: "CA2" });
+const conn = [els.conn.className, els.conn.textContent];
 watch("CA2");
-console.log(JSON.stringify({ url: ws.url, buttons, shown, sent: ws.sent, status: els.status.textContent }));
+console.log(JSON.stringify({ url: ws.url, buttons, shown, sent: ws.sent, status: els.status.textContent,
+  banner, exportsShown, recentShown, conn }));
 """
 
 
@@ -57,7 +72,17 @@ def test_page_renders_calls_and_switches_after_end_without_a_stale_unsubscribe()
     )
     result = json.loads(out.stdout)
     assert result["url"] == "ws://gw:8080/v1/ws"
-    assert result["buttons"] == ["CA1", "CA2"]
+    # numbers, status and duration; the newest first
+    assert result["buttons"][0].startswith("+15550003333 → +15550004444queued")
+    assert result["buttons"][1].startswith("+15550001111 → +15550002222live")
+    assert " · 01:05" in result["buttons"][1]
+    assert result["banner"] == ["show", "Transcription failed: the transcript is incomplete."]
+    assert result["exportsShown"] == [
+        f"/v1/calls/CA1/transcript?format={f}" for f in ("txt", "srt", "vtt", "json")
+    ]
+    assert result["recentShown"][0].startswith("+15550001111 → +15550002222ended: asr_failed")
+    assert "00:30 · 1 finals" in result["recentShown"][0]
+    assert result["conn"] == ["down", "reconnecting…"]
     assert result["shown"] == {
         "lines": 1,
         "cls": "line callee",
@@ -66,10 +91,12 @@ def test_page_renders_calls_and_switches_after_end_without_a_stale_unsubscribe()
     }  # an interim that turns out to be noise (empty final) is cleared
     assert result["sent"] == [
         {"type": "list"},
+        {"type": "history", "status": "ended", "limit": 20},
         {"type": "subscribe", "call_sid": "CA1", "since": "0"},
+        {"type": "history", "status": "ended", "limit": 20},  # refreshed when a call ends
         {"type": "subscribe", "call_sid": "CA2", "since": "0"},
     ]
-    assert result["status"] == "Watching CA2"
+    assert result["status"].startswith("+15550003333 → +15550004444 · started ")
 
 
 def test_page_opened_with_a_call_link_watches_that_call() -> None:
@@ -90,4 +117,4 @@ def test_page_opened_with_a_call_link_watches_that_call() -> None:
     result = json.loads(out.stdout)
     assert result["url"] == "wss://gw/v1/ws"
     assert {"type": "subscribe", "call_sid": "CA7", "since": "0"} in result["sent"]
-    assert result["status"] == "Watching CA7"
+    assert result["status"] == "Call CA7"
