@@ -25,7 +25,9 @@ def _env(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in ("ASR_ENGINE", "DEEPGRAM_API_KEY", "PORT", "HOST", "LOG_LEVEL", "REDIS_URL")
     }
-    return {**base, **extra}
+    # these tests are about configuration errors, not security: run the services open
+    insecure = {"GATEWAY_AUTH": "none", "TWILIO_INSECURE": "true"}
+    return {**base, **insecure, **extra}
 
 
 def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -124,7 +126,9 @@ async def test_unreachable_redis_is_one_warning_naming_the_url_masked() -> None:
     assert proc.stderr is not None
     first = (await asyncio.wait_for(proc.stderr.readline(), WAIT_S)).decode()
     while "REDIS UNREACHABLE" not in first:
-        first = (await asyncio.wait_for(proc.stderr.readline(), WAIT_S)).decode()
+        line = await asyncio.wait_for(proc.stderr.readline(), WAIT_S)
+        assert line, f"the gateway exited without the warning: {first}"
+        first = line.decode()
     await asyncio.sleep(3.0)  # what an outage of a few seconds prints: nothing more than one line
     proc.send_signal(signal.SIGTERM)
     _, rest = await asyncio.wait_for(proc.communicate(), WAIT_S)

@@ -202,6 +202,9 @@ async def tutorial_endpoint(request: web.Request, gw: Gateway) -> web.StreamResp
         return refused
     try:
         return await _tutorial(request, gw)
+    except ConnectionResetError:  # the client left during the handshake: nothing to answer
+        log.info("client left during the handshake", extra={"path": request.path})
+        return web.Response(status=499)
     finally:
         gw.guard.close_ws(request)
 
@@ -274,6 +277,9 @@ async def json_endpoint(request: web.Request, gw: Gateway) -> web.StreamResponse
         return refused
     try:
         return await _json(request, gw)
+    except ConnectionResetError:  # the client left during the handshake: nothing to answer
+        log.info("client left during the handshake", extra={"path": request.path})
+        return web.Response(status=499)
     finally:
         gw.guard.close_ws(request)
 

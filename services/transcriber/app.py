@@ -40,7 +40,14 @@ async def run(
     own_engine = engine is None
     asr = engine if engine is not None else make_engine(settings)
     socket_timeout_s = max(settings.redis_socket_timeout_s, settings.read_block_ms / 1000 + 5.0)
-    redis = connect(settings.redis_url, socket_timeout_s=socket_timeout_s)
+    # a pool that waits for a free connection: 500 calls' commands can outnumber its 100
+    # connections for a moment (MaxConnectionsError under benchmarks/load.py otherwise)
+    redis = connect(
+        settings.redis_url,
+        socket_timeout_s=socket_timeout_s,
+        pool_max_connections=100,
+        pool_timeout_s=10.0,
+    )
     worker = Worker(settings, redis, asr)
     reprobe = (
         asyncio.create_task(probe_until_ok(settings, probe, worker.health), name="asr-probe")
