@@ -173,6 +173,58 @@ async def measure(names: list[str], *, whole: bool = True) -> list[dict[str, Any
     return rows
 
 
+async def realtime(n: int, *, stagger_s: float, names: list[str]) -> dict[str, Any]:
+    """``n`` calls (``names`` in turn) streamed together at real-time pace through one engine.
+
+    Call ``k`` starts ``k × stagger_s`` after the first. A final's delay is its delivery time
+    minus the wall time its speech ended (call start + ``end``). Returns the delays' p50, p90
+    and max (s), CPU-s per call-second, and the interims published and dropped.
+    """
+    engine = WhisperEngine(engine_settings())
+    await engine.models()
+    delays: list[float] = []
+    counts = {"interims": 0, "finals": 0}
+
+    async def one(k: int) -> None:
+        tracks = tracks_of(names[k % len(names)])
+        audio_s, step = len(tracks[0]) / 8000, 8 * FRAME_MS
+        await asyncio.sleep(k * stagger_s)
+        started = time.monotonic()
+
+        async def on_result(event: TranscriptEvent) -> None:
+            counts["finals" if event.is_final else "interims"] += 1
+            if event.is_final and event.end < audio_s - 0.3:
+                delays.append(time.monotonic() - started - event.end)
+
+        session = await engine.open(CallAudio(f"CA{k}", len(tracks)), on_result)
+        for i in range(0, len(tracks[0]), step):
+            frame = [t[i : i + step] for t in tracks]
+            await asyncio.sleep(max(0.0, started + (i + len(frame[0])) / 8000 - time.monotonic()))
+            await session.send(i // 8, interleave(frame))
+        await session.finish(timeout_s=120)
+
+    cpu, audio_total = time.process_time(), 0.0
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for k in range(n):
+                tg.create_task(one(k))
+                audio_total += len(tracks_of(names[k % len(names)])[0]) / 8000
+        cpu = time.process_time() - cpu
+    finally:
+        stats = dict(engine.queue.stats)
+        await engine.aclose()
+    delays.sort()
+    return {
+        "calls": n,
+        "delay_p50_s": statistics.median(delays),
+        "delay_p90_s": delays[int(0.9 * (len(delays) - 1))],
+        "delay_max_s": delays[-1],
+        "cpu_per_s": cpu / audio_total,
+        **counts,
+        "interims_dropped": stats["interims_dropped"],
+    }
+
+
 def _fmt(x: float | None) -> str:
     return "  -  " if x is None else f"{x:5.2f}"
 
@@ -184,11 +236,33 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-whole", action="store_true", help="skip the whole-file decode")
     parser.add_argument("-v", "--verbose", action="store_true", help="print the hypotheses")
+    parser.add_argument(
+        "--concurrent",
+        default="",
+        help="instead: comma-separated call counts to stream together in real time "
+        "(the two calls in turn; WHISPER_THREADS decode threads)",
+    )
+    parser.add_argument("--stagger", type=float, default=1.0, help="s between call starts")
     args = parser.parse_args()
     np.seterr(all="ignore")
     started = time.monotonic()
+    if args.concurrent:
+        print(f"WHISPER_THREADS={os.environ.get('WHISPER_THREADS', '(default)')}, real time")
+        for n in (int(x) for x in args.concurrent.split(",")):
+            calls = ["call_dentist", "call_order_status"]
+            r = asyncio.run(realtime(n, stagger_s=args.stagger, names=calls))
+            print(
+                f"{n:3d} calls: finals' delay p50 {r['delay_p50_s']:.2f} s, p90 "
+                f"{r['delay_p90_s']:.2f} s, max {r['delay_max_s']:.2f} s; CPU-s per call-second "
+                f"{r['cpu_per_s']:.3f}; interims {r['interims']} published, "
+                f"{r['interims_dropped']} dropped; finals {r['finals']}"
+            )
+        return
     rows = asyncio.run(measure(args.names.split(","), whole=not args.no_whole))
-    print(f"WHISPER_THREADS={os.environ.get('WHISPER_THREADS', '(default)')}")
+    print(
+        f"WHISPER_THREADS={os.environ.get('WHISPER_THREADS', '(default)')} "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+    )
     print(
         f"{'recording':32s} {'audio':>6s} {'whole':>6s} {'stream':>6s} {'per channel':>12s} "
         f"{'delay p50/max s':>16s} {'CPU-s/s interims':>17s} {'finals only':>12s}"

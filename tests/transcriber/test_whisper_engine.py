@@ -39,8 +39,7 @@ def engine() -> Iterator[WhisperEngine]:
     """One engine (one model load) for the module; interims never skipped, so runs repeat."""
     eng = WhisperEngine(_settings(), interim_max_lag_s=1e9)
     yield eng
-    eng.asr_pool.shutdown(wait=True)
-    eng.vad_pool.shutdown(wait=True)
+    eng.close()
 
 
 def _tracks(name: str, cut: tuple[float, float]) -> list[bytes]:
