@@ -131,8 +131,9 @@ class ChannelVad:
     ``min_silence_ms``: silence that closes an utterance, or with ``hold_silence_ms`` longer,
     that reports a :class:`Paused`. ``hold_silence_ms``: silence that closes an utterance in
     any case (None = ``min_silence_ms``). ``max_utterance_s``: longest utterance.
-    ``pad_ms``: audio kept on each side of an utterance for decoding. ``min_speech_ms``: shorter
-    utterances are reported with ``keep=False``.
+    ``pad_ms``: audio to decode after an utterance's end; ``pad_before_ms``: before its start
+    (None = ``pad_ms``; Silero's start can come a few hundred ms after a soft first word).
+    ``min_speech_ms``: shorter utterances are reported with ``keep=False``.
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class ChannelVad:
         max_utterance_s: float,
         hold_silence_ms: int | None = None,
         pad_ms: int = 400,
+        pad_before_ms: int | None = None,
         min_speech_ms: int = 100,
     ) -> None:
         self._session = model.session
@@ -152,8 +154,9 @@ class ChannelVad:
         self._hold8 = max(min_silence_ms, hold_silence_ms or 0) * 8
         self._max_len8 = int(max_utterance_s * 8000)
         self.pad8 = pad_ms * 8
+        self.pad_before8 = (pad_ms if pad_before_ms is None else pad_before_ms) * 8
         self._min_speech8 = min_speech_ms * 8
-        self.keep_back8 = self.pad8 + _MARGIN_8K + 8000
+        self.keep_back8 = max(self.pad8, self.pad_before8) + _MARGIN_8K + 8000
         self._reset_state(origin8)
 
     def _reset_state(self, origin8: int) -> None:
@@ -164,7 +167,7 @@ class ChannelVad:
         self._context = np.zeros(_CONTEXT_16K, dtype=np.float32)
         self.open_start8: int | None = None
         """Start of the utterance now open, or None."""
-        self._pad_before8 = self.pad8
+        self._pad_before8 = self.pad_before8
         self._temp_end: int | None = None
         self._prev_end: int | None = None
         self._next_start: int | None = None
@@ -293,7 +296,7 @@ class ChannelVad:
             keep=end8 - start8 >= self._min_speech8,
         )
         self.open_start8 = None
-        self._pad_before8 = self.pad8
+        self._pad_before8 = self.pad_before8
         self._temp_end = self._prev_end = self._next_start = None
         self._paused = False
         return event

@@ -55,8 +55,9 @@ class WhisperEngine:
     while more audio than this (s) is queued in a session. ``hold_silence_ms``: silence that
     ends an utterance even when its text does not end a sentence; ``min_utterance_s``: a
     shorter utterance is held like one that does not end a sentence (see
-    :mod:`~services.transcriber.whisper_session`). ``pad_ms``: audio decoded on each side of
-    an utterance. ``final_beam_size``: beam width of finals (interims are greedy).
+    :mod:`~services.transcriber.whisper_session`). ``pad_ms``: audio decoded after an
+    utterance's end, ``pad_before_ms`` before its start (Silero's start comes up to ≈ 0.5 s
+    after a soft first word). ``final_beam_size``: beam width of finals (interims are greedy).
     ``margin_s``: padding encoded after an utterance instead of Whisper's 30 s window (None =
     the full window). ``max_interims``: interims the decode queue holds at most.
     """
@@ -72,6 +73,7 @@ class WhisperEngine:
         hold_silence_ms: int = 1000,
         min_utterance_s: float = 1.5,
         pad_ms: int = 400,
+        pad_before_ms: int = 800,
         final_beam_size: int = 5,
         margin_s: float | None = 3.0,
         max_interims: int = 8,
@@ -82,6 +84,7 @@ class WhisperEngine:
         self.hold_silence_ms = hold_silence_ms
         self.min_utterance_s = min_utterance_s
         self.pad_ms = pad_ms
+        self.pad_before_ms = pad_before_ms
         self.final_beam_size = final_beam_size
         self.margin_s = margin_s
         self.queue = DecodeQueue(settings.whisper_threads, max_interims=max_interims)

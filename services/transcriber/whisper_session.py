@@ -4,8 +4,8 @@ Each channel's audio goes through :class:`~services.transcriber.vad.ChannelVad`.
 utterance is open, its audio so far is decoded every ``whisper_interim_s`` of audio for an
 interim (greedy, no word times), **unless no speech arrived since the last one** (a pause: the
 text cannot have changed). When ``whisper_min_silence_ms`` of silence follows speech, the
-utterance is decoded as a final candidate (beam search, word times, the channel's recent finals
-as the prompt). If that text ends a sentence (``.``, ``?`` or ``!``) and the utterance is at
+utterance is decoded as a final candidate (beam search, word times, and the call's recent
+finals as the prompt). If that text ends a sentence (``.``, ``?`` or ``!``) and the utterance is at
 least ``min_utterance_s`` long, it is the final at once; otherwise the utterance stays open
 (a breath or a comma inside a sentence): speech that resumes continues it, and after
 ``hold_silence_ms`` of silence the candidate becomes the final without a second decode. An
@@ -45,7 +45,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROMPT_CHARS = 300
-"""Characters of a channel's previous finals given to Whisper as the prompt (≈ 60 words)."""
+"""Characters of the call's previous finals given to Whisper as the prompt (≈ 60 words).
+
+Both sides' finals, in the order they were published: the conversation so far. Measured on
+the test calls, this scored better than each channel's own finals (call_dentist WER 0.074 vs
+0.086, call_order_status 0.043 vs 0.057: the answer "four seven two nine one five" follows
+the question "may I have your order number")."""
 
 _SENTENCE_END = (".", "?", "!")
 
@@ -92,12 +97,13 @@ class WhisperSession(FrameFeed):
                 hold_silence_ms=engine.hold_silence_ms,
                 max_utterance_s=s.whisper_max_utterance_s,
                 pad_ms=engine.pad_ms,
+                pad_before_ms=engine.pad_before_ms,
             )
             for _ in range(call.channels)
         ]
         self._open: list[_Utterance | None] = [None] * call.channels
         self._decoded_to8 = [origin8] * call.channels
-        self._history: list[deque[str]] = [deque(maxlen=12) for _ in range(call.channels)]
+        self._history: deque[str] = deque(maxlen=12)  # the call's finals, both sides
         self._next_segment = call.first_segment
         self._interim8 = max(1, int(s.whisper_interim_s * 8000))
         self._min_utterance8 = int(engine.min_utterance_s * 8000)
@@ -182,7 +188,7 @@ class WhisperSession(FrameFeed):
             return
         # an empty final after interims tells clients to clear the interim text
         if hyp.text:
-            self._history[ch].append(hyp.text)
+            self._history.append(hyp.text)
         segment = self._segment(utterance)
         await self._publish(ch, segment, True, closed.endpoint, hyp, closed.start8, closed.end8)
         self.stats["finals"] += 1
@@ -216,7 +222,7 @@ class WhisperSession(FrameFeed):
     async def _decode(self, ch: int, a8: int, b8: int, *, final: bool) -> Hypothesis | None:
         """Decode ``[a8, b8)`` of channel ``ch``; None = an interim the queue dropped."""
         engine, vad = self._engine, self._vads[ch]
-        said = " ".join(self._history[ch])
+        said = " ".join(self._history)
         if len(said) > PROMPT_CHARS:  # the last PROMPT_CHARS, from a word boundary
             said = said[-PROMPT_CHARS:].partition(" ")[2]
         prompt = said or None
