@@ -88,10 +88,16 @@ def whole_file(model: Any, tracks: list[bytes]) -> list[str]:
 
 @dataclass
 class StreamRun:
-    """One streaming run: every event, finals' delays (s) and the CPU the run took (s)."""
+    """One streaming run: every event, finals' delays (s) and the CPU the run took (s).
+
+    ``delays_s``: simulated delivery time − end of speech, per final (module docstring).
+    ``decided_s``: the end of the audio that had arrived when the final was made − end of
+    speech: the part of the delay that is waiting for silence, independent of CPU speed.
+    """
 
     events: list[TranscriptEvent] = field(default_factory=list)
     delays_s: list[float] = field(default_factory=list)
+    decided_s: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
     audio_s: float = 0.0
 
@@ -122,6 +128,7 @@ async def stream(engine: WhisperEngine, tracks: list[bytes], sid: str = "CAbench
         for event, cpu in emitted[mark:]:
             if event.is_final:
                 run.delays_s.append(start_s + cpu - cpu0 - event.end)
+                run.decided_s.append(arrival_s - event.end)
     cpu0, mark = time.process_time(), len(emitted)
     start_s = max(run.audio_s, free_s)
     await session.finish(timeout_s=120)

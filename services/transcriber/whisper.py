@@ -60,6 +60,8 @@ class WhisperEngine:
     after a soft first word). ``final_beam_size``: beam width of finals (interims are greedy).
     ``margin_s``: padding encoded after an utterance instead of Whisper's 30 s window (None =
     the full window). ``max_interims``: interims the decode queue holds at most.
+    ``decoder``: decode with this object (same ``decode`` signature as :class:`Decoder`)
+    instead of loading the Whisper model; only the VAD model is loaded (tests).
     """
 
     name = "whisper"
@@ -77,6 +79,7 @@ class WhisperEngine:
         final_beam_size: int = 5,
         margin_s: float | None = 3.0,
         max_interims: int = 8,
+        decoder: Decoder | None = None,
     ) -> None:
         self.settings = settings
         self.interim_max_lag_s = interim_max_lag_s
@@ -89,7 +92,7 @@ class WhisperEngine:
         self.margin_s = margin_s
         self.queue = DecodeQueue(settings.whisper_threads, max_interims=max_interims)
         self.vad_pool = ThreadPoolExecutor(1, thread_name_prefix="whisper-vad")
-        self._decoder: Decoder | None = None
+        self._decoder: Decoder | None = decoder
         self._models: tuple[Any, Any] | None = None
         self._load_lock = asyncio.Lock()
         self._closed = False
@@ -106,7 +109,9 @@ class WhisperEngine:
             if self._models is None:
                 loop = asyncio.get_running_loop()
                 models = await loop.run_in_executor(self.vad_pool, self._load)
-                self._decoder, self._models = Decoder(models[0]), models
+                if self._decoder is None:
+                    self._decoder = Decoder(models[0])
+                self._models = models
         return self._models
 
     @property
@@ -127,6 +132,8 @@ class WhisperEngine:
             from faster_whisper import WhisperModel
             from faster_whisper.vad import get_vad_model
 
+            if self._decoder is not None:  # injected: the VAD model only
+                return self._decoder.model, get_vad_model()
             model = WhisperModel(
                 path,
                 device="cpu",

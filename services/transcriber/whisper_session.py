@@ -252,9 +252,23 @@ class WhisperSession(FrameFeed):
     async def _publish(
         self, ch: int, segment: int, final: bool, endpoint: bool, hyp: Hypothesis, a8: int, b8: int
     ) -> None:
+        """Deliver one result of speech ``[a8, b8)`` (the VAD's span; 8 kHz indices).
+
+        The result starts where the VAD heard speech start, and no word before it: the audio
+        decoded begins up to ``pad_before_ms`` earlier, and Whisper's alignment tends to stretch
+        the first word back to the start of its audio (measured on the LibriVox reading:
+        "Unless" put at 11.18 s, its speech starting at 11.50 s), which would make a result
+        overlap the previous one. The end is the later of the VAD's and the last word's.
+        """
         start_s, end_s = a8 / 8000, b8 / 8000
-        if hyp.words:
-            start_s, end_s = min(start_s, hyp.words[0].start), max(end_s, hyp.words[-1].end)
+        words = [
+            w.model_copy(update={"start": max(w.start, start_s), "end": max(w.end, start_s)})
+            if w.start < start_s
+            else w
+            for w in hyp.words
+        ]
+        if words:
+            end_s = max(end_s, words[-1].end)
         await self._on_result(
             TranscriptEvent(
                 call_sid=self.call.call_sid,
@@ -267,6 +281,6 @@ class WhisperSession(FrameFeed):
                 end=round(end_s, 3),
                 text=hyp.text,
                 confidence=hyp.confidence,
-                words=hyp.words,
+                words=words,
             )
         )
