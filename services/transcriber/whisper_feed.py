@@ -86,6 +86,16 @@ class FrameFeed:
         """Loop: act on events (``interims`` False: the session lags, skip interims)."""
         raise NotImplementedError
 
+    async def _deliver(self) -> None:
+        """Loop: publish what background work finished (set ``_wake`` when some does)."""
+
+    def _busy(self) -> bool:
+        """Background work is in flight (the session is not idle)."""
+        return False
+
+    def _discard(self) -> None:
+        """The session stops: cancel background work."""
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
@@ -128,6 +138,8 @@ class FrameFeed:
 
     async def drain(self) -> None:
         """Wait until every frame sent so far is processed and its results delivered.
+
+        That includes background work (interims) started for them.
 
         Raises:
             AsrError: processing failed.
@@ -193,6 +205,7 @@ class FrameFeed:
                     raise
             except Exception:  # reported by _raise_if_failed; the close line below still logs
                 pass
+        self._discard()
         self._room.set()
         self._idle.set()
         log.info(
@@ -209,11 +222,13 @@ class FrameFeed:
         max_fill8 = int(MAX_GAP_FILL_S * 8000)
         try:
             while True:
+                self._wake.clear()
+                await self._deliver()
                 if not self._pending:
                     if self._eof:
                         break
-                    self._wake.clear()
-                    self._idle.set()
+                    if not self._busy():
+                        self._idle.set()
                     await self._wake.wait()
                     continue
                 t8, data, arrival = self._pending.popleft()

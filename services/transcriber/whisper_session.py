@@ -3,7 +3,9 @@
 Each channel's audio goes through :class:`~services.transcriber.vad.ChannelVad`. While an
 utterance is open, its audio so far is decoded every ``whisper_interim_s`` of audio for an
 interim (greedy, no word times), **unless no speech arrived since the last one** (a pause: the
-text cannot have changed). When ``whisper_min_silence_ms`` of silence follows speech, the
+text cannot have changed). An interim decodes in the background, one at a time per channel:
+the session goes on with its frames (and finals) meanwhile and publishes the interim when it
+is back, unless its utterance has ended (the final supersedes it). When ``whisper_min_silence_ms`` of silence follows speech, the
 utterance is decoded as a final candidate (beam search, word times, and the call's recent
 finals as the prompt). If that text ends a sentence (``.``, ``?`` or ``!``) and the utterance is at
 least ``min_utterance_s`` long, it is the final at once; otherwise the utterance stays open
@@ -25,6 +27,7 @@ inference and a session's events stay in order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ from services.transcriber.engine import CallAudio, OnResult
 from services.transcriber.vad import ChannelVad, Closed, Opened, Paused, VadEvent
 from services.transcriber.whisper_decode import EMPTY, Hypothesis
 from services.transcriber.whisper_feed import FrameFeed
-from shared.audio import BYTES_PER_MS
+from shared.audio import BYTES_PER_MS, upsample2
 from shared.schema import SPEAKERS, TranscriptEvent
 
 if TYPE_CHECKING:
@@ -67,6 +70,9 @@ class _Utterance:
     segment: int | None = None
     candidate: tuple[int, int, Hypothesis] | None = None
     """(from8, to8, hypothesis) decoded as a final at the last pause."""
+    interim: asyncio.Task[Hypothesis | None] | None = None
+    """The interim decode in flight (at most one), of the audio up to ``interim_to8``."""
+    interim_to8: int = 0
 
 
 class WhisperSession(FrameFeed):
@@ -171,6 +177,8 @@ class WhisperSession(FrameFeed):
 
     async def _on_closed(self, ch: int, closed: Closed) -> None:
         utterance, self._open[ch] = self._open[ch], None
+        if utterance is not None and utterance.interim is not None:
+            utterance.interim.cancel()  # the final supersedes it
         published = utterance is not None and utterance.segment is not None
         hyp = EMPTY
         a8 = self._span(ch, closed.start8, closed.pad_before8)
@@ -194,10 +202,11 @@ class WhisperSession(FrameFeed):
         self.stats["finals"] += 1
 
     async def _maybe_interim(self, ch: int, utterance: _Utterance, allowed: bool) -> None:
+        """Start an interim decode in the background when one is due (see the module doc)."""
         vad = self._vads[ch]
         position8 = vad.position8
-        if position8 - utterance.last_interim8 < self._interim8:
-            return
+        if utterance.interim is not None or position8 - utterance.last_interim8 < self._interim8:
+            return  # one at a time: the next starts at the first frame after this one is back
         utterance.last_interim8 = position8
         if vad.last_speech8 <= utterance.interim_speech8:
             self.stats["interims_unchanged"] += 1  # nothing new was said: same text
@@ -207,21 +216,39 @@ class WhisperSession(FrameFeed):
             return
         utterance.interim_speech8 = vad.last_speech8
         a8 = self._span(ch, utterance.start8, utterance.pad_before8)
-        hyp = await self._decode(ch, a8, position8, final=False)
-        if hyp is None:
-            self.stats["interims_dropped"] += 1
-            return
-        if not hyp.text:
-            return
-        segment = self._segment(utterance)
-        await self._publish(ch, segment, False, False, hyp, utterance.start8, position8)
-        self.stats["interims"] += 1
+        task = asyncio.create_task(self._decode(ch, a8, position8, final=False))
+        task.add_done_callback(lambda _: self._wake.set())
+        utterance.interim, utterance.interim_to8 = task, position8
+
+    async def _deliver(self) -> None:
+        for ch, utterance in enumerate(self._open):
+            task = None if utterance is None else utterance.interim
+            if utterance is None or task is None or not task.done():
+                continue
+            utterance.interim = None
+            hyp = task.result()  # a failed decode fails the session, as a final's would
+            if hyp is None:
+                self.stats["interims_dropped"] += 1
+            elif hyp.text:
+                segment = self._segment(utterance)
+                to8 = utterance.interim_to8
+                await self._publish(ch, segment, False, False, hyp, utterance.start8, to8)
+                self.stats["interims"] += 1
+
+    def _busy(self) -> bool:
+        return any(u is not None and u.interim is not None for u in self._open)
+
+    def _discard(self) -> None:
+        for utterance in self._open:
+            if utterance is not None and utterance.interim is not None:
+                utterance.interim.cancel()
 
     # ------------------------------------------------------------------ decoding, publishing
 
     async def _decode(self, ch: int, a8: int, b8: int, *, final: bool) -> Hypothesis | None:
         """Decode ``[a8, b8)`` of channel ``ch``; None = an interim the queue dropped."""
-        engine, vad = self._engine, self._vads[ch]
+        engine = self._engine
+        audio8 = self._vads[ch].buffer.view(a8, b8).copy()  # VAD may trim it meanwhile
         said = " ".join(self._history)
         if len(said) > PROMPT_CHARS:  # the last PROMPT_CHARS, from a word boundary
             said = said[-PROMPT_CHARS:].partition(" ")[2]
@@ -229,7 +256,7 @@ class WhisperSession(FrameFeed):
 
         def job() -> Hypothesis:
             return engine.decoder.decode(
-                vad.clip(a8, b8),
+                upsample2(audio8),
                 a8 / 8000,
                 words=final,
                 beam_size=engine.final_beam_size if final else 1,

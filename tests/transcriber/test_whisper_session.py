@@ -78,6 +78,7 @@ async def _stream(
         session = await engine.open(CallAudio("CAunit", len(tracks)), on_result)
         for i in range(0, len(tracks[0]), 800):
             await session.send(i // 8, interleave([t[i : i + 800] for t in tracks]))
+            await session.drain()  # as a real-time feed the engine keeps up with
         await session.finish(timeout_s=30)
     finally:
         await engine.aclose()
