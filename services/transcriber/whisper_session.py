@@ -164,8 +164,7 @@ class WhisperSession(FrameFeed):
             return
         a8 = self._span(ch, utterance.start8, utterance.pad_before8)
         b8 = event.end8 + self._vads[ch].pad8
-        hyp = await self._decode(ch, a8, b8, final=True)
-        assert hyp is not None  # finals are never dropped
+        hyp = await self._decode(ch, a8, b8, final=True) or EMPTY  # finals are never dropped
         utterance.candidate = (a8, b8, hyp)
         complete = hyp.text.endswith(_SENTENCE_END) and (
             event.end8 - utterance.start8 >= self._min_utterance8
