@@ -14,7 +14,8 @@ context (``initial_prompt``), so that an utterance is not decoded alone: it keep
 spelling and the sentence going across a pause.
 
 faster-whisper: https://github.com/SYSTRAN/faster-whisper (``WhisperModel.generate_segments``,
-``TranscriptionOptions``), pinned to the 1.x API in pyproject.toml.
+``TranscriptionOptions``): the 1.x API (pyproject.toml asks for faster-whisper>=1.1;
+tested with 1.2.1).
 """
 
 from __future__ import annotations
