@@ -6,6 +6,7 @@ Usage: ``.venv/bin/python benchmarks/whisper_engine.py [--audio-dir DIR] [--conc
 Prints, per recording, CPU seconds per second of call audio (process CPU, all threads) with
 interims (``whisper_interim_s`` cadence) and finals only, fed as fast as the engine takes it;
 then N copies of a call fed together in real time, with the longest event-loop stall (ms).
+``benchmarks/whisper_wer.py`` measures accuracy, finals' delay and capacity.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ async def feed(engine: WhisperEngine, sid: str, tracks: list[bytes], *, realtime
         if realtime:
             await asyncio.sleep(max(0.0, started + i / 8000 - time.monotonic()))
         await session.send(i // 8, interleave([t[i : i + step] for t in tracks]))
+        if not realtime:  # as fast as the engine takes it, but done with each frame (interims)
+            await session.drain()
     await session.finish(timeout_s=120)
     return len(events)
 

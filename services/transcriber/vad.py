@@ -9,6 +9,13 @@ open stream instead of a whole file: speech starts at a window with probability 
 at the first window below 0.35 that is followed by ``min_silence_ms`` of such windows, and an
 utterance longer than ``max_utterance_s`` is cut at its last pause ≥ 98 ms (or where it is).
 
+A pause inside a sentence (a breath, a comma) is often as long as one between sentences, and
+an utterance cut there is decoded without its end. So with ``hold_silence_ms`` longer than
+``min_silence_ms``, ``min_silence_ms`` of silence only reports a :class:`Paused`; the caller
+decides (by decoding what was said) whether the utterance is complete and ends it there with
+:meth:`ChannelVad.end_at_pause`; otherwise it closes after ``hold_silence_ms``, or goes on if
+speech resumes first.
+
 Everything here is synchronous numpy/onnx code without I/O, run by the engine in a worker
 thread. Positions are absolute sample indices at 8 kHz in call time (``t_ms * 8``).
 """
@@ -57,7 +64,18 @@ class Closed:
     keep: bool = True
 
 
-VadEvent = Opened | Closed
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """``min_silence_ms`` of silence after speech ending at ``end8``; the utterance is still open.
+
+    Reported once per pause. :meth:`ChannelVad.end_at_pause` closes the utterance there.
+    """
+
+    start8: int
+    end8: int
+
+
+VadEvent = Opened | Paused | Closed
 
 
 class SampleBuffer:
@@ -110,9 +128,12 @@ class ChannelVad:
     bounded: audio older than the open utterance (less ``keep_back8``) is dropped on advance.
 
     ``model``: a ``faster_whisper.vad.SileroVADModel`` (its onnxruntime ``session``).
-    ``min_silence_ms``: silence that closes an utterance. ``max_utterance_s``: longest one.
-    ``pad_ms``: audio kept on each side of an utterance for decoding. ``min_speech_ms``: shorter
-    utterances are reported with ``keep=False``.
+    ``min_silence_ms``: silence that closes an utterance, or with ``hold_silence_ms`` longer,
+    that reports a :class:`Paused`. ``hold_silence_ms``: silence that closes an utterance in
+    any case (None = ``min_silence_ms``). ``max_utterance_s``: longest utterance.
+    ``pad_ms``: audio to decode after an utterance's end; ``pad_before_ms``: before its start
+    (None = ``pad_ms``; Silero's start can come a few hundred ms after a soft first word).
+    ``min_speech_ms``: shorter utterances are reported with ``keep=False``.
     """
 
     def __init__(
@@ -122,16 +143,20 @@ class ChannelVad:
         *,
         min_silence_ms: int,
         max_utterance_s: float,
-        pad_ms: int = 200,
+        hold_silence_ms: int | None = None,
+        pad_ms: int = 400,
+        pad_before_ms: int | None = None,
         min_speech_ms: int = 100,
     ) -> None:
         self._session = model.session
         self.buffer = SampleBuffer(origin8)
         self._min_silence8 = min_silence_ms * 8
+        self._hold8 = max(min_silence_ms, hold_silence_ms or 0) * 8
         self._max_len8 = int(max_utterance_s * 8000)
         self.pad8 = pad_ms * 8
+        self.pad_before8 = (pad_ms if pad_before_ms is None else pad_before_ms) * 8
         self._min_speech8 = min_speech_ms * 8
-        self.keep_back8 = self.pad8 + _MARGIN_8K + 8000
+        self.keep_back8 = max(self.pad8, self.pad_before8) + _MARGIN_8K + 8000
         self._reset_state(origin8)
 
     def _reset_state(self, origin8: int) -> None:
@@ -142,10 +167,13 @@ class ChannelVad:
         self._context = np.zeros(_CONTEXT_16K, dtype=np.float32)
         self.open_start8: int | None = None
         """Start of the utterance now open, or None."""
-        self._pad_before8 = self.pad8
+        self._pad_before8 = self.pad_before8
         self._temp_end: int | None = None
         self._prev_end: int | None = None
         self._next_start: int | None = None
+        self._paused = False
+        self.last_speech8 = origin8
+        """End of the last window that was not silence (probability ≥ 0.35)."""
 
     def append(self, x8: np.ndarray) -> None:
         """Add float32 8 kHz samples ``(n,)`` after the last ones."""
@@ -173,6 +201,16 @@ class ChannelVad:
             stop = end8 if self._temp_end is None else self._temp_end
             events.append(self._close(stop, endpoint=True))
         return events
+
+    def end_at_pause(self, end8: int) -> Closed | None:
+        """Close the open utterance at the pause a :class:`Paused` reported, if still in it.
+
+        Returns the :class:`Closed` event, or None when speech resumed since (or the utterance
+        already closed): then the utterance goes on.
+        """
+        if self.open_start8 is None or self._temp_end != end8 or not self._paused:
+            return None
+        return self._close(end8, endpoint=True)
 
     def jump(self, origin8: int) -> list[VadEvent]:
         """A discontinuity: flush, then restart empty at ``origin8`` (events of the flush)."""
@@ -207,8 +245,10 @@ class ChannelVad:
         return np.asarray(out).reshape(-1)
 
     def _step(self, pos: int, p: float, events: list[VadEvent]) -> None:
+        if p >= NEG_THRESHOLD:
+            self.last_speech8 = pos + WINDOW_8K
         if p >= THRESHOLD and self._temp_end is not None:
-            self._temp_end = None
+            self._temp_end, self._paused = None, False
             if self._prev_end is not None and (
                 self._next_start is None or self._next_start < self._prev_end
             ):
@@ -226,8 +266,11 @@ class ChannelVad:
                 self._temp_end = pos
             if pos - self._temp_end > _SHORT_PAUSE_8K:
                 self._prev_end = self._temp_end
-            if pos - self._temp_end >= self._min_silence8:
+            if pos - self._temp_end >= self._hold8:
                 events.append(self._close(self._temp_end, endpoint=True))
+            elif pos - self._temp_end >= self._min_silence8 and not self._paused:
+                self._paused = True
+                events.append(Paused(self.open_start8, self._temp_end))
 
     def _cut(self, pos: int, events: list[VadEvent]) -> None:
         """The open utterance reached the longest allowed: cut at its last pause, or here."""
@@ -253,6 +296,7 @@ class ChannelVad:
             keep=end8 - start8 >= self._min_speech8,
         )
         self.open_start8 = None
-        self._pad_before8 = self.pad8
+        self._pad_before8 = self.pad_before8
         self._temp_end = self._prev_end = self._next_start = None
+        self._paused = False
         return event

@@ -2,6 +2,10 @@
 
 Each recording is fed frame by frame (100 ms, interleaved as ingest writes them) as fast as the
 engine takes it, once per module; the tests then check different properties of the same run.
+After each frame the feed waits for the session to be done with it (``drain``), as a real-time
+feed on a machine that keeps up does: interims are decoded in the background, and when audio
+arrives faster than they decode, an utterance ends before its interim is back and the final
+supersedes it, which would leave these runs with no interim to check.
 Run with ``pytest -s`` to see the per-file WER lines.
 """
 
@@ -39,8 +43,7 @@ def engine() -> Iterator[WhisperEngine]:
     """One engine (one model load) for the module; interims never skipped, so runs repeat."""
     eng = WhisperEngine(_settings(), interim_max_lag_s=1e9)
     yield eng
-    eng.asr_pool.shutdown(wait=True)
-    eng.vad_pool.shutdown(wait=True)
+    eng.close()
 
 
 def _tracks(name: str, cut: tuple[float, float]) -> list[bytes]:
@@ -72,6 +75,7 @@ async def _run(
     step = 8 * FRAME_MS
     for i in range(0, len(tracks[0]), step):
         await session.send(start_ms + i // 8, interleave([t[i : i + step] for t in tracks]))
+        await session.drain()
     await session.finish(timeout_s=60)
     _runs[key] = events
     return events
