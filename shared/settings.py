@@ -146,11 +146,13 @@ def _default_engine() -> Literal["deepgram", "whisper"]:
     return "deepgram" if os.environ.get("DEEPGRAM_API_KEY") else "whisper"
 
 
-DEFAULT_MAX_CALLS: dict[str, int] = {"deepgram": 500, "whisper": 2}
+DEFAULT_MAX_CALLS: dict[str, int] = {"deepgram": 500, "whisper": 8}
 """``MAX_CALLS`` when unset, by engine. Deepgram: the worker only relays audio and results,
-about 1.3 ms of CPU per call-second (0.26 cores at 200 calls, issue 6), so 500 calls stay under
-about two thirds of a core. Whisper decodes on this host's CPU, about 0.5 CPU-s per call-second
-with interims: two calls fill the two threads of one worker (``WHISPER_THREADS``)."""
+about 1.2–1.4 ms of CPU per call-second (benchmarks/load.py at 200 calls), so 500 calls stay
+under about two thirds of a core. Whisper decodes on this host's CPU, 0.16–0.25 CPU-s per
+call-second with interims: on a 2-core machine 12 calls kept their finals within 1.2 s of the
+speech and 16 within about 2 s (benchmarks/whisper_wer.py --concurrent), so 8 leaves room for
+the other services."""
 
 
 def _default_max_calls(data: dict[str, object]) -> int:
@@ -171,7 +173,7 @@ class TranscriberSettings(CommonSettings):
     max_calls: int = Field(
         default_factory=_default_max_calls,
         gt=0,
-        description="Calls one worker serves at once; unset: 500 with deepgram (a cheap relay, ~1.3 ms CPU per call-second), 2 with whisper (~0.5 CPU-s per call-second); a call beyond it waits, shown as `queued`",
+        description="Calls one worker serves at once; unset: 500 with deepgram (a cheap relay, ~1.3 ms CPU per call-second), 8 with whisper (0.16–0.25 CPU-s per call-second); a call beyond it waits, shown as `queued`",
     )
     read_block_ms: int = Field(
         default=100, gt=0, description="BLOCK of the one XREAD that serves all of a worker's calls"
@@ -240,7 +242,7 @@ class TranscriberSettings(CommonSettings):
     whisper_threads: int = Field(default=2, gt=0, description="CPU threads of the embedded model")
     whisper_interim_s: float = Field(default=1.0, gt=0, description="Interim hypothesis cadence")
     whisper_min_silence_ms: int = Field(
-        default=500, gt=0, description="Silence that closes an utterance"
+        default=500, gt=0, description="Silence after which the open utterance is decoded (it becomes final then if it ends a sentence, else after a further hold)"
     )
     whisper_max_utterance_s: float = Field(
         default=15.0, gt=0, description="Longest utterance before it is cut"

@@ -42,12 +42,12 @@ def test_max_calls_defaults_by_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MAX_CALLS", raising=False)
     monkeypatch.delenv("ASR_ENGINE", raising=False)
     monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
-    assert TranscriberSettings().max_calls == 2  # no key: whisper
+    assert TranscriberSettings().max_calls == 8  # no key: whisper
     assert TranscriberSettings(asr_engine="deepgram").max_calls == 500
     monkeypatch.setenv("DEEPGRAM_API_KEY", "secret")
     assert TranscriberSettings().max_calls == 500
     monkeypatch.setenv("ASR_ENGINE", "whisper")
-    assert TranscriberSettings().max_calls == 2
+    assert TranscriberSettings().max_calls == 8
     monkeypatch.setenv("MAX_CALLS", "7")
     assert TranscriberSettings().max_calls == 7
     assert TranscriberSettings(max_calls=3).max_calls == 3
