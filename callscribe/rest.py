@@ -154,7 +154,6 @@ def add_rest_commands(sub: Any) -> None:
         description="Recent calls through the gateway's GET /v1/calls, newest first: queued, "
         "live and ended, with numbers, start, duration, finals, status and failure.",
     )
-    calls.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
     calls.add_argument("--status", choices=("queued", "live", "ended"), help="only this status")
     calls.add_argument("--number", help="part of the caller's or callee's number")
     calls.add_argument(
@@ -165,8 +164,7 @@ def add_rest_commands(sub: Any) -> None:
     calls.add_argument("--cursor", help="continue after a previous page (printed as 'more:')")
     calls.add_argument("--limit", type=int, default=20, help="calls per page (20)")
     calls.add_argument("--json", action="store_true", help="print the page as JSON")
-    calls.add_argument("--timeout-s", type=float, default=10.0, help="request timeout (s)")
-    _token_option(calls)
+    _gateway_options(calls)
     calls.set_defaults(func=_cmd_calls)
 
     tr = sub.add_parser(
@@ -177,13 +175,14 @@ def add_rest_commands(sub: Any) -> None:
     )
     tr.add_argument("call_sid", metavar="CALL_SID", help="the call")
     tr.add_argument("--format", choices=("txt", "json", "vtt", "srt"), default="txt")
-    tr.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
-    tr.add_argument("--timeout-s", type=float, default=10.0, help="request timeout (s)")
-    _token_option(tr)
+    _gateway_options(tr)
     tr.set_defaults(func=_cmd_transcript)
 
 
-def _token_option(parser: Any) -> None:
+def _gateway_options(parser: Any) -> None:
+    """``--gateway``, ``--timeout-s`` and ``--token``, shared by the REST commands."""
+    parser.add_argument("--gateway", default="http://127.0.0.1:8080", help="gateway base URL")
+    parser.add_argument("--timeout-s", type=float, default=10.0, help="request timeout (s)")
     parser.add_argument(
         "--token",
         default=os.environ.get("CALLSCRIBE_TOKEN"),

@@ -38,6 +38,7 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
@@ -197,11 +198,21 @@ def _expire(outbox: Outbox, grant: Grant) -> asyncio.TimerHandle | None:
 
 async def tutorial_endpoint(request: web.Request, gw: Gateway) -> web.StreamResponse:
     """``/client``: the tutorial's protocol, unchanged (see the module docstring)."""
+    return await _guarded(request, gw, _tutorial)
+
+
+async def _guarded(
+    request: web.Request,
+    gw: Gateway,
+    serve: Callable[[web.Request, Gateway], Awaitable[web.WebSocketResponse]],
+) -> web.StreamResponse:
+    """Run ``serve`` within the per-address connection limit (429 beyond it); a client that
+    leaves during the handshake is no error."""
     refused = gw.guard.open_ws(request)
     if refused is not None:
         return refused
     try:
-        return await _tutorial(request, gw)
+        return await serve(request, gw)
     except ConnectionResetError:  # the client left during the handshake: nothing to answer
         log.info("client left during the handshake", extra={"path": request.path})
         return web.Response(status=499)
@@ -272,16 +283,7 @@ async def _tutorial(request: web.Request, gw: Gateway) -> web.WebSocketResponse:
 
 async def json_endpoint(request: web.Request, gw: Gateway) -> web.StreamResponse:
     """``/v1/ws``: the JSON protocol (see the module docstring)."""
-    refused = gw.guard.open_ws(request)
-    if refused is not None:
-        return refused
-    try:
-        return await _json(request, gw)
-    except ConnectionResetError:  # the client left during the handshake: nothing to answer
-        log.info("client left during the handshake", extra={"path": request.path})
-        return web.Response(status=499)
-    finally:
-        gw.guard.close_ws(request)
+    return await _guarded(request, gw, _json)
 
 
 async def _json(request: web.Request, gw: Gateway) -> web.WebSocketResponse:
