@@ -17,6 +17,7 @@ What a person starting a service sees (issue 11, item 5):
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import errno
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from shared.errors import ConfigError
+from shared.logs import setup_logging
 from shared.redisconn import connect, is_memory
 from shared.retry import REDIS_FAILURES
 from shared.service import run_until_signal
@@ -209,3 +211,56 @@ async def http_check(host: str, port: int, timeout_s: float = 5.0) -> tuple[bool
             return resp.status == 200, f"{url}: HTTP {resp.status} {body[:200]}"
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         return False, f"{url}: {exc.__class__.__name__}: {exc}"
+
+
+H = TypeVar("H", bound=BaseSettings)
+
+
+def http_service_main(
+    service: str,
+    settings_cls: type[H],
+    description: str,
+    argv: list[str] | None,
+    *,
+    refuse: Callable[[H], None],
+    run: Callable[[H, asyncio.Event], Awaitable[None]],
+) -> int:
+    """The ``main`` of an HTTP service (ingest, gateway): ``--host``/``--port`` over the
+    settings' defaults, ``--check``, then run until SIGTERM/SIGINT.
+
+    ``refuse(settings)`` raises :class:`ConfigError` for settings the service must not start
+    with (no key, no signature checks). Returns the exit status: 2 for a bad setting or a
+    refusal, 1 for a failed ``--check`` or a port that cannot be bound, each with one line on
+    stderr (``callscribe <service>: …``); 0 after a clean stop.
+    """
+    try:
+        settings = load_settings(settings_cls)
+    except ConfigError as exc:
+        print(f"callscribe {service}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    host, port = getattr(settings, "host"), getattr(settings, "port")  # noqa: B009
+    parser = argparse.ArgumentParser(prog=f"callscribe {service}", description=description)
+    parser.add_argument("--host", default=host, help=f"listen address ({host})")
+    parser.add_argument("--port", type=int, default=port, help=f"port ({port})")
+    parser.add_argument(
+        "--check", action="store_true", help=f"exit 0 if the {service} on --host/--port is healthy"
+    )
+    args = parser.parse_args(argv)
+    settings = settings.model_copy(update={"host": args.host, "port": args.port})
+    setup_logging(getattr(settings, "log_level"))  # noqa: B009
+    if args.check:
+        ok, why = asyncio.run(http_check(args.host, args.port))
+        if not ok:
+            print(f"callscribe {service}: unhealthy: {why}", file=sys.stderr)
+        return 0 if ok else EXIT_FAILED
+    try:
+        refuse(settings)
+    except ConfigError as exc:
+        print(f"callscribe {service}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_service(
+        service,
+        getattr(settings, "redis_url"),  # noqa: B009
+        lambda stop: run(settings, stop),
+        listen=(args.host, args.port),
+    )
