@@ -99,6 +99,11 @@ def connect(
     )
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply field as text (the clients return bytes; UTF-8 is how we write them)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def stream_id_tuple(entry_id: str | bytes) -> tuple[int, int]:
     """``"1700000000000-3"`` → ``(1700000000000, 3)`` for ordering; ``"0"`` → ``(0, 0)``.
 

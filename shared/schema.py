@@ -17,6 +17,7 @@ The Redis field encoding of each model that lives in Redis sits next to the mode
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Annotated, Any, Literal, NotRequired, get_args
 
@@ -26,6 +27,15 @@ from typing_extensions import TypedDict
 from shared.errors import ClientMessageError, TwilioMessageError
 
 # --------------------------------------------------------------------------- Twilio Media Streams
+
+
+CALL_SID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+"""What a callSid may look like before it is used in a Redis key or looked up: Twilio's are
+``CA`` + 32 hex digits (https://www.twilio.com/docs/glossary/what-is-a-sid); ours (tests,
+simulator) use the same characters."""
+
+CALL_SID_RE = re.compile(CALL_SID_PATTERN)
+""":data:`CALL_SID_PATTERN` compiled: ``CALL_SID_RE.match(text)``."""
 
 
 class _TwilioModel(BaseModel):
@@ -74,7 +84,7 @@ class StartInfo(_TwilioModel):
 
     account_sid: str = Field(alias="accountSid", min_length=1, max_length=MAX_SID_CHARS)
     stream_sid: str = Field(alias="streamSid", min_length=1, max_length=MAX_SID_CHARS)
-    call_sid: str = Field(alias="callSid", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    call_sid: str = Field(alias="callSid", pattern=CALL_SID_PATTERN)
     tracks: list[Literal["inbound", "outbound"]] = Field(min_length=1, max_length=2)
     custom_parameters: CustomParameters = Field(default_factory=dict, alias="customParameters")
     media_format: MediaFormat = Field(alias="mediaFormat")

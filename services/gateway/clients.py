@@ -35,7 +35,6 @@ import asyncio
 import functools
 import json
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -53,6 +52,7 @@ from services.gateway.subscribers import CallSubscriber, CallsWatcher
 from shared.errors import ClientMessageError, RedisUnavailable, Unauthorized
 from shared.limits import TokenBucket
 from shared.schema import (
+    CALL_SID_RE,
     CallMeta,
     ErrorEvent,
     HistoryRequest,
@@ -73,9 +73,6 @@ BAD_MESSAGE_WINDOW_S = 60.0
 
 MESSAGE_BURST_S = 5.0
 """A ``/v1/ws`` client may send ``CLIENT_MAX_MSGS_PER_S`` × this many messages at once."""
-
-_CALL_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""What a /client callSid may look like before it is looked up (Twilio's are ``CA`` + 32 hex)."""
 
 MAX_SUBSCRIPTIONS = 100
 """Calls one ``/v1/ws`` connection may follow at once."""
@@ -246,7 +243,7 @@ async def _tutorial(request: web.Request, gw: Gateway) -> web.WebSocketResponse:
         if not isinstance(text, str):
             return
         call_sid = text.strip()
-        if not _CALL_SID.fullmatch(call_sid):
+        if not CALL_SID_RE.match(call_sid):
             log.info("client sent no callSid", extra={"length": len(call_sid)})
             outbox.close(CLOSE_POLICY, "unknown callSid", drain=True)
             return

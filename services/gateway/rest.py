@@ -27,6 +27,7 @@ from shared.errors import ClientMessageError, RedisUnavailable
 from shared.history import summarize
 from shared.redisconn import stream_id_tuple
 from shared.schema import (
+    CALL_SID_RE,
     STREAM_ID_PATTERN,
     CallMeta,
     ErrorEvent,
@@ -37,7 +38,6 @@ from shared.schema import (
 MAX_TRANSCRIPT_ENTRIES = 10_000
 """At most this many finals per ``/transcript`` answer (the stream's default MAXLEN)."""
 
-_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
 
 
@@ -95,7 +95,7 @@ async def get_call(request: web.Request) -> web.Response:
     """``GET /v1/calls/{sid}``: one call's metadata, 404 when unknown."""
     gw = request.app[GATEWAY]
     sid = request.match_info["sid"]
-    if not _SID.match(sid):
+    if not CALL_SID_RE.match(sid):
         return _error(404, "unknown_call", "no such call")
     try:
         meta = await store.call_meta(gw.hub.redis, sid, gw.hub.redis_timeout_s)
@@ -166,7 +166,7 @@ async def get_transcript(request: web.Request) -> web.Response:
         return _error(400, "bad_request", "since must be a stream ID like 1700000000000-0")
     if fmt is not None and fmt not in export.FORMATS:
         return _error(400, "bad_request", f"format must be one of {', '.join(export.FORMATS)}")
-    if not _SID.match(sid):
+    if not CALL_SID_RE.match(sid):
         return _error(404, "unknown_call", "no such call")
     r, t = gw.hub.redis, gw.hub.redis_timeout_s
     grant = _grant(request)

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlsplit
 
@@ -31,6 +30,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Start, Stream, VoiceResponse
 
 from shared.retry import REDIS_FAILURES
+from shared.schema import CALL_SID_RE
 from shared.settings import IngestSettings
 
 from .admission import Admission
@@ -46,7 +46,6 @@ STREAM_PARAMETERS = ("From", "To", "Direction")
 
 SIGNATURE_HEADER = "x-twilio-signature"
 
-_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What a ``CallSid`` may look like before it names a Redis key (Twilio's: ``CA`` + 32 hex)."""
 
 MAX_WEBHOOK_BODY_BYTES = 64 * 1024
@@ -185,7 +184,7 @@ async def voice_webhook(
     params = form if request.method == "POST" else dict(request.query)
     call_sid = params.get("CallSid", "")
     token = None
-    if _SID.fullmatch(call_sid):
+    if CALL_SID_RE.match(call_sid):
         try:
             token = await admission.issue(call_sid)
         except REDIS_FAILURES as exc:

@@ -28,6 +28,7 @@ from services.transcriber.webhooks import enqueue
 from shared import keys
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
+from shared.redisconn import as_text
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.schema import AudioFrame, CallEnded, CallMeta, EndEvent, ErrorEvent, TranscriptEvent
 from shared.settings import TranscriberSettings
@@ -46,8 +47,6 @@ MAX_DELIVERIES = 5
 _EPS_S = 0.002
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _after(event: TranscriptEvent, done_s: float) -> TranscriptEvent | None:
@@ -124,7 +123,7 @@ class CallPipeline:
 
     def deliver(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         """Queue one audio entry (the reader checked there is room); a bad entry is skipped."""
-        self.last_id = _s(entry_id)
+        self.last_id = as_text(entry_id)
         try:
             frame = AudioFrame.from_redis(fields)
         except ValueError:
@@ -167,7 +166,7 @@ class CallPipeline:
             last = await cmd(self.redis.xrevrange(keys.audio(self.sid), count=1))
         except REDIS_FAILURES:
             return False  # cannot tell: keep waiting
-        return not last or _s(last[0][0]) == self.last_id
+        return not last or as_text(last[0][0]) == self.last_id
 
     # ------------------------------------------------------------------ the call
 
@@ -245,7 +244,7 @@ class CallPipeline:
         except ValueError:
             log.warning("job for a call without metadata", extra={"call_sid": self.sid})
             return "end"
-        f = {_s(k): _s(v) for k, v in fields.items()}
+        f = {as_text(k): as_text(v) for k, v in fields.items()}
         self.channels = 2 if self.meta.channels >= 2 else 1
         try:
             self._resume_id = self.last_id = f.get("resume_audio_id") or "0-0"
@@ -277,7 +276,7 @@ class CallPipeline:
         key = keys.meta(self.sid)
         if await cmd(self.redis.hsetnx(key, "job_id", self.job_id)):
             return True
-        holder = _s(await cmd(self.redis.hget(key, "job_id")) or b"")
+        holder = as_text(await cmd(self.redis.hget(key, "job_id")) or b"")
         if holder == self.job_id:
             return True
         if holder and await cmd(self.redis.xrange(keys.JOBS, holder, holder, count=1)):
@@ -404,7 +403,7 @@ class CallPipeline:
                         key = f"{self.sid}:final:{event.segment}"
                         enqueue(pipe, "final", self.sid, key, event.model_dump_json())
                     result = await pipe.execute()
-                return _s(result[0])
+                return as_text(result[0])
             except REDIS_FAILURES as exc:
                 await backoff.retry_after(exc, log, "redis unavailable", call_sid=self.sid)
                 stored = await self._stored_id(event)
@@ -418,7 +417,7 @@ class CallPipeline:
             if done is None or float(done) + _EPS_S < event.end:
                 return None
             last = await cmd(self.redis.xrevrange(keys.transcript(self.sid), count=1))
-            return _s(last[0][0]) if last else None
+            return as_text(last[0][0]) if last else None
         except REDIS_FAILURES:
             return None
 

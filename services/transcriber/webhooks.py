@@ -38,6 +38,7 @@ from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.history import summarize
+from shared.redisconn import as_text
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.schema import CallMeta, TranscriptEvent
 from shared.settings import TranscriberSettings
@@ -89,8 +90,6 @@ def verify(
     return abs(now_s - t) <= tolerance_s and hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 class Notifier:
@@ -116,7 +115,7 @@ class Notifier:
                     await self._ensure_group()
                     for entry_id, fields in await self._next_entries():
                         await self._slots.acquire()
-                        tg.create_task(self._deliver(http, _s(entry_id), fields))
+                        tg.create_task(self._deliver(http, as_text(entry_id), fields))
                     backoff.reset()
                 except REDIS_FAILURES as exc:
                     await backoff.retry_after(exc, log, "redis unavailable", loop="webhooks")
@@ -148,7 +147,7 @@ class Notifier:
         self, http: aiohttp.ClientSession, entry_id: str, raw: dict[Any, Any]
     ) -> None:
         try:
-            fields = {_s(k): _s(v) for k, v in raw.items()}
+            fields = {as_text(k): as_text(v) for k, v in raw.items()}
             body = (await self._payload(fields)).encode()
             for url in self.urls:
                 await self._post(http, url, fields, body)

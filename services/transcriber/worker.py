@@ -31,6 +31,7 @@ from services.transcriber.live import LivePublisher
 from services.transcriber.metrics import TranscriberMetrics
 from services.transcriber.queueing import Saturation, set_status
 from shared import keys
+from shared.redisconn import as_text
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.settings import TranscriberSettings
 
@@ -51,8 +52,6 @@ def health_ttl_ms(settings: TranscriberSettings) -> int:
     return max(1000, int(settings.lease_renew_s * 3000))
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Worker:
@@ -194,7 +193,7 @@ class Worker:
                         count=self._free(),
                     )
                 )
-                cursor = _s(cursor_next)
+                cursor = as_text(cursor_next)
                 for job_id, fields in claimed:
                     await self._take(job_id, fields, reclaimed=True)
                 if (free := self._free()) > 0:
@@ -225,8 +224,8 @@ class Worker:
         self, job_id: bytes, fields: dict[bytes, bytes] | None, *, reclaimed: bool
     ) -> None:
         """Start serving the call of one job (or drop a job that names no call)."""
-        jid = _s(job_id)
-        sid = _s(fields.get(b"call_sid", b"")) if fields else ""
+        jid = as_text(job_id)
+        sid = as_text(fields.get(b"call_sid", b"")) if fields else ""
         if sid in self.calls and self.calls[sid].job_id == jid:
             return  # already ours
         if not sid or sid in self.calls:
@@ -317,7 +316,7 @@ class Worker:
                 consumername=self.consumer,
             )
         )
-        mine = {_s(p["message_id"]) for p in pending}
+        mine = {as_text(p["message_id"]) for p in pending}
         keep = [jid for jid in owned if jid in mine]
         if keep:
             await cmd(
@@ -365,9 +364,9 @@ class Worker:
                 await backoff.retry_after(exc, log, "redis unavailable", loop="audio")
                 continue
             for stream, entries in resp or []:
-                sid = _s(stream).split("{", 1)[1].split("}", 1)[0]
+                sid = as_text(stream).split("{", 1)[1].split("}", 1)[0]
                 call = self.calls.get(sid)
-                if call is None or call.last_id != streams.get(_s(stream)):
+                if call is None or call.last_id != streams.get(as_text(stream)):
                     continue  # the call ended or was re-created meanwhile
                 for entry_id, fields in entries:
                     call.deliver(entry_id, fields)
