@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from callscribe.render import CallRenderer
-from callscribe.simulate import load_tracks, new_sid
+from callscribe.simulate import load_tracks
+from callscribe.twilio_client import new_sid
 from callscribe.watch import Watcher, WatchOptions
 
 log = logging.getLogger(__name__)

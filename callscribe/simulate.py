@@ -28,11 +28,6 @@ class SimulateError(ValueError):
     """Arguments or audio that cannot make a call (message says why, for the user)."""
 
 
-def new_sid(prefix: str) -> str:
-    """A Twilio-shaped SID: ``prefix`` + 32 hex digits (``CA…`` call, ``MZ…`` stream, ``AC…``)."""
-    return prefix + secrets.token_hex(16)
-
-
 def load_tracks(paths: list[str | Path]) -> list[bytes]:
     """Read one or two WAV files into one or two mu-law 8 kHz tracks (8 bytes per ms).
 
@@ -150,7 +145,7 @@ async def simulate(tracks: list[bytes], options: SimulateOptions, out: TextIO = 
     Raises:
         SimulateError: bad options (calls < 1, loss outside [0, 1), speed < 0).
     """
-    from callscribe.twilio_client import SimCall, stream_call, twiml_url
+    from callscribe.twilio_client import SimCall, new_sid, stream_call, twiml_url
 
     if options.calls < 1:
         raise SimulateError("--calls must be at least 1")

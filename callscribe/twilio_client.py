@@ -40,7 +40,8 @@ SILENCE = 0xFF
 TRACK_NAMES = ("inbound", "outbound")
 
 
-def _sid(prefix: str) -> str:
+def new_sid(prefix: str) -> str:
+    """A Twilio-shaped SID: ``prefix`` + 32 hex digits (``CA…`` call, ``MZ…`` stream, ``AC…``)."""
     return prefix + secrets.token_hex(16)
 
 
@@ -62,9 +63,9 @@ class SimCall:
     """
 
     tracks: list[bytes]
-    call_sid: str = field(default_factory=lambda: _sid("CA"))
-    stream_sid: str = field(default_factory=lambda: _sid("MZ"))
-    account_sid: str = field(default_factory=lambda: _sid("AC"))
+    call_sid: str = field(default_factory=lambda: new_sid("CA"))
+    stream_sid: str = field(default_factory=lambda: new_sid("MZ"))
+    account_sid: str = field(default_factory=lambda: new_sid("AC"))
     custom_parameters: dict[str, str] = field(default_factory=dict)
     loss: float = 0.0
     seed: int = 0

@@ -18,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks.loadgen.wire import HandshakeError, RawWebSocket, text_frame
+from callscribe.twilio_client import TRACK_NAMES, new_sid
 from tests.fakes.load_recogniser import PACKET_BYTES, marker_packet
 
 PACKET_S = 0.02
@@ -40,11 +40,7 @@ _MEDIA = (
     '{"event": "media", "sequenceNumber": "%d", "media": {"track": "%s", "chunk": "%d", '
     '"timestamp": "%d", "payload": "%s"}, "streamSid": "%s"}'
 )
-TRACKS = ("inbound", "outbound")
-
-
-def _sid(prefix: str) -> str:
-    return prefix + secrets.token_hex(16)
+TRACKS = TRACK_NAMES
 
 
 @dataclass
@@ -64,9 +60,9 @@ class LoadCall:
     start_at_s: float
     packets: int
     markers: dict[int, tuple[int, int]]
-    call_sid: str = field(default_factory=lambda: _sid("CA"))
-    stream_sid: str = field(default_factory=lambda: _sid("MZ"))
-    account_sid: str = field(default_factory=lambda: _sid("AC"))
+    call_sid: str = field(default_factory=lambda: new_sid("CA"))
+    stream_sid: str = field(default_factory=lambda: new_sid("MZ"))
+    account_sid: str = field(default_factory=lambda: new_sid("AC"))
     t0: float | None = None
     t0_wall: float | None = None  # wall clock (time.time) when ``start`` was sent, s
     ended_at: float | None = None
