@@ -8,6 +8,9 @@ environment sets a real one) with the embedded Whisper engine. The bundled two-p
 watched through the gateway's real ``/v1/ws`` exactly like ``callscribe watch``. The demo
 returns 0 once the call has ended and its last final is shown (``serve`` keeps the services up
 for more calls until ``stop``), 130 when ``stop`` was set from outside (Ctrl-C).
+
+Over 300 lines, not split yet: the demo's one flow (start services, stream, watch, stop) with its
+shutdown paths; issue 7 flattens it into steps in their own module.
 """
 
 from __future__ import annotations

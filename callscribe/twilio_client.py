@@ -10,6 +10,9 @@ carry ``X-Twilio-Signature`` (https://www.twilio.com/docs/usage/webhooks/webhook
 Like Twilio, it can first ask the voice webhook (``/twiml``) for the call's TwiML and stream
 with the ``<Parameter>``s it names, which carry a secured ingest's one-time stream token
 (:func:`fetch_stream_parameters`).
+
+Over 300 lines, not split yet: the messages Twilio sends, their signing and the stream they form are
+one protocol; the seam is the TwiML/token fetch, which can move out (issue 7).
 """
 
 from __future__ import annotations

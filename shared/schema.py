@@ -12,6 +12,10 @@ Three families:
   (docs/protocol.md, "WebSocket /v1/ws").
 
 The Redis field encoding of each model that lives in Redis sits next to the model, once.
+
+Over 300 lines on purpose: the wire contract in one place (every message and Redis record, one
+model each, used on both sides), which tests/test_protocol_doc.py checks against
+docs/protocol.md.
 """
 
 from __future__ import annotations

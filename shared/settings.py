@@ -2,6 +2,9 @@
 
 Every field reads the environment variable of the same name in upper case (``frame_ms`` ←
 ``FRAME_MS``). Units are in the names. Timeouts are settings so tests run in milliseconds.
+
+Over 300 lines on purpose: every service's settings in one module, from which the README's
+configuration table is generated and checked (tests/test_readme.py).
 """
 
 from __future__ import annotations

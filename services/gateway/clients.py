@@ -27,6 +27,9 @@ an invalid token gets the handshake and an immediate close 1008 ``unauthorized: 
 else), and every call list, subscription and pushed call event is cut to the token's scope.
 The connection is closed with 1008 when its token expires, and after :data:`~shared.settings.
 GatewaySettings.client_idle_s` of silence while it follows nothing.
+
+Over 300 lines, not split yet: both client protocols share the accept, authentication and limit code
+above them; the seam is one module per protocol (issue 7).
 """
 
 from __future__ import annotations

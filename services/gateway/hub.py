@@ -15,6 +15,9 @@
   subscriber's history after the last final it got. Nothing hangs silently.
 
 Every Redis round trip is bounded by ``redis_timeout_s``.
+
+Over 300 lines on purpose: the listener and the registry it reconciles on every reconnect; issue
+7 splits them, with subscriber replay moving beside the subscribers.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ What one call writes (docs/protocol.md, "Redis keys" and "The life of a call in 
   not above the stream's last; that refusal counts as written);
 * eof: the entry ``{t: end_ms, eof: 1}`` (ID ``<end_ms>-1``) and ``EXPIRE`` of the audio stream
   after ``retention_s``.
+
+Over 300 lines on purpose: one buffered writer: its submit side and its write side share the
+buffer and its per-call accounting.
 """
 
 from __future__ import annotations

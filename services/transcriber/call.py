@@ -6,6 +6,9 @@ Checkpoint (fields in ``cs:{sid}:meta``, written in the same MULTI as each final
 channel ``ch`` is finalised). A worker taking the call over reads audio after
 ``resume_audio_id`` and drops results ending at or before ``final_end_s_<ch>``, so no audio
 span gets a second final.
+
+Over 300 lines, not split yet: one call's pipeline; issue 7 splits it into the pure checkpoint/dedup
+core, the Redis writes and the orchestration.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ and 1011 reconnect with exponential backoff and jitter, up to ``max_retries`` (t
 resets when a final arrives), replaying the audio sent since the channels' last finals.
 Results times restart at 0 on each connection: they are shifted by the call time of the first
 frame sent on that connection. Finals (and interims) of audio already finalised are dropped.
+
+Over 300 lines, not split yet: one Deepgram session: connect, send, receive, keepalive and reconnect
+with replay share its state; the seam is the reconnect/replay policy (issue 7).
 """
 
 from __future__ import annotations

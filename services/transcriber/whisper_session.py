@@ -23,6 +23,9 @@ Decodes go through the engine's :class:`~services.transcriber.whisper_queue.Deco
 (finals first; interims dropped when the queue is full or they went stale); VAD runs in the
 engine's VAD thread. The session's task awaits each in turn, so the event loop never runs
 inference and a session's events stay in order.
+
+Over 300 lines on purpose: one channel-pair session's policies (padding, prompt, holding at
+pauses, interims) act on the same utterance state.
 """
 
 from __future__ import annotations
