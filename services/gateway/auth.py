@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -128,7 +129,9 @@ def mint(
     audience: str = "callscribe",
     now: float | None = None,
 ) -> str:
-    """An HS256 token for ``secret`` valid for ``ttl_s`` seconds (``callscribe token``).
+    """An HS256 token for ``secret`` valid for at least ``ttl_s`` seconds (``callscribe token``).
+
+    ``exp`` is whole seconds, rounded up, so a short token never lives less than asked.
 
     Raises:
         ValueError: ``scope`` ``numbers`` without numbers, or ``call`` without ``call_sid``.
@@ -142,7 +145,7 @@ def mint(
         "sub": subject,
         "aud": audience,
         "iat": int(issued),
-        "exp": int(issued + ttl_s),
+        "exp": math.ceil(issued + ttl_s),
         "scope": scope,
         "history": history,
     }
