@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from callscribe.render import CallRenderer
 from callscribe.simulate import load_tracks
-from callscribe.twilio_client import new_sid
+from callscribe.twilio_messages import new_sid
 from callscribe.watch import Watcher, WatchOptions
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from callscribe.twilio_client import SimCall, twilio_messages
+from callscribe.twilio_messages import SimCall, twilio_messages
 from tests.fakes.deepgram import FakeDeepgram
 from tests.gateway.conftest import make_settings, running_gateway
 from tests.ingest.conftest import ingest_running

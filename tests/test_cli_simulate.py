@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from callscribe.simulate import SimulateError, load_tracks, parse_params, signature_url
-from callscribe.twilio_client import PACKET_BYTES, SimCall, _packets
+from callscribe.twilio_messages import PACKET_BYTES, SimCall, packets
 from services.ingest import app as ingest_app
 from shared import keys
 from shared.audio import SILENCE, deinterleave
@@ -137,7 +137,7 @@ async def test_simulate_two_lossy_calls_into_ingest(redis_url: str, redis, tmp_p
                 )
                 assert callee[: 300 * 8] == bytes([SILENCE]) * (300 * 8), "late outbound = silence"
                 lost = 0
-                for ts, ch, _name, _chunk, payload, dropped in _packets(
+                for ts, ch, _name, _chunk, payload, dropped in packets(
                     call, random.Random(call.seed)
                 ):
                     got = (caller, callee)[ch][ts * 8 : ts * 8 + PACKET_BYTES]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.loadgen.calls import plan_calls
-from callscribe.twilio_client import SimCall, twilio_messages
+from callscribe.twilio_messages import SimCall, twilio_messages
 from tests.conftest import ROOT
 from tests.fakes.load_recogniser import marker_packet
 

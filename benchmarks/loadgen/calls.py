@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks.loadgen.wire import HandshakeError, RawWebSocket, text_frame
-from callscribe.twilio_client import TRACK_NAMES, new_sid
+from callscribe.twilio_messages import TRACK_NAMES, new_sid
 from tests.fakes.load_recogniser import PACKET_BYTES, marker_packet
 
 PACKET_S = 0.02

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 
-from callscribe.twilio_client import SimCall, twilio_messages
+from callscribe.twilio_messages import SimCall, twilio_messages
 from shared import keys
 from tests.redis_server import RedisServer
 

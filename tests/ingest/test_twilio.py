@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from callscribe.twilio_client import SimCall, twilio_messages
+from callscribe.twilio_messages import SimCall, twilio_messages
 from services.ingest.twilio import CallEnd, CallStart, TwilioStream
 from shared.errors import TwilioMessageError
 from shared.schema import AudioFrame

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from callscribe.twilio_client import SimCall, twilio_messages
+from callscribe.twilio_messages import SimCall, twilio_messages
 from services.gateway.outbox import Outbox
 from services.ingest.publisher import Publisher
 from shared import keys
