@@ -22,6 +22,7 @@ import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from callscribe.rest import add_rest_commands
 from shared.logs import setup_logging
@@ -183,7 +184,9 @@ def _cmd_token(args: argparse.Namespace) -> int:
     if not secret:
         print("callscribe token: set JWT_SECRET (the gateway's secret) first", file=sys.stderr)
         return 2
-    scope = "call" if args.call else "numbers" if args.number else "all"
+    scope: Literal["all", "numbers", "call"] = (
+        "call" if args.call else "numbers" if args.number else "all"
+    )
     try:
         token = mint(
             secret,

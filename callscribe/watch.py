@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
@@ -236,7 +237,7 @@ class Watcher:
             if await self._handle(ws, kind, message):
                 return True
 
-    async def _handle(self, ws: ClientConnection, kind: str, message: dict) -> bool:
+    async def _handle(self, ws: ClientConnection, kind: str, message: dict[str, Any]) -> bool:
         st = self._state
         if kind == "transcript":
             try:

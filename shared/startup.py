@@ -222,14 +222,15 @@ def http_service_main(
     description: str,
     argv: list[str] | None,
     *,
-    refuse: Callable[[H], None],
+    refuse: Callable[[H], object],
     run: Callable[[H, asyncio.Event], Awaitable[None]],
 ) -> int:
     """The ``main`` of an HTTP service (ingest, gateway): ``--host``/``--port`` over the
     settings' defaults, ``--check``, then run until SIGTERM/SIGINT.
 
     ``refuse(settings)`` raises :class:`ConfigError` for settings the service must not start
-    with (no key, no signature checks). Returns the exit status: 2 for a bad setting or a
+    with (no key, no signature checks); what it returns is ignored, so a class whose constructor
+    checks them will do. Returns the exit status: 2 for a bad setting or a
     refusal, 1 for a failed ``--check`` or a port that cannot be bound, each with one line on
     stderr (``callscribe <service>: …``); 0 after a clean stop.
     """

@@ -32,6 +32,7 @@ from shared import keys
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
 from shared.redisconn import as_text
+from shared.replies import entries
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.schema import AudioFrame, CallEnded, CallMeta, EndEvent, ErrorEvent, TranscriptEvent
 from shared.settings import TranscriberSettings
@@ -166,7 +167,7 @@ class CallPipeline:
     async def _audio_stalled(self) -> bool:
         """True when nothing newer than what we read is in the audio stream (Redis answering)."""
         try:
-            last = await cmd(self.redis.xrevrange(keys.audio(self.sid), count=1))
+            last = entries(await cmd(self.redis.xrevrange(keys.audio(self.sid), count=1)))
         except REDIS_FAILURES:
             return False  # cannot tell: keep waiting
         return not last or as_text(last[0][0]) == self.last_id
@@ -279,10 +280,11 @@ class CallPipeline:
         key = keys.meta(self.sid)
         if await cmd(self.redis.hsetnx(key, "job_id", self.job_id)):
             return True
-        holder = as_text(await cmd(self.redis.hget(key, "job_id")) or b"")
+        held = await cmd(self.redis.hget(key, "job_id"))
+        holder = as_text(held or b"")
         if holder == self.job_id:
             return True
-        if holder and await cmd(self.redis.xrange(keys.JOBS, holder, holder, count=1)):
+        if holder and entries(await cmd(self.redis.xrange(keys.JOBS, holder, holder, count=1))):
             return False  # that job is pending: its worker (or the next one) serves the call
         await cmd(self.redis.hset(key, "job_id", self.job_id))
         return True
@@ -396,11 +398,11 @@ class CallPipeline:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.xadd(
                         keys.transcript(self.sid),
-                        history,
+                        history,  # type: ignore[arg-type]  # redis-py's Dict[FieldT, …] is invariant
                         maxlen=self.settings.transcript_maxlen,
                         approximate=True,
-                    )  # type: ignore[arg-type]
-                    pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]
+                    )
+                    pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]  # as above
                     index_final(pipe, self.sid, self._started_at, event.text, self._retention_s)
                     if self._hooks and self.settings.webhook_finals:
                         key = f"{self.sid}:final:{event.segment}"
@@ -419,7 +421,7 @@ class CallPipeline:
             done = await cmd(self.redis.hget(keys.meta(self.sid), f"final_end_s_{event.channel}"))
             if done is None or float(done) + _EPS_S < event.end:
                 return None
-            last = await cmd(self.redis.xrevrange(keys.transcript(self.sid), count=1))
+            last = entries(await cmd(self.redis.xrevrange(keys.transcript(self.sid), count=1)))
             return as_text(last[0][0]) if last else None
         except REDIS_FAILURES:
             return None
