@@ -16,7 +16,6 @@ shutdown paths; issue 7 flattens it into steps in their own module.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import sys
@@ -29,6 +28,7 @@ from callscribe.render import CallRenderer
 from callscribe.simulate import load_tracks
 from callscribe.twilio_client import new_sid
 from callscribe.watch import Watcher, WatchOptions
+from shared.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -312,13 +312,10 @@ async def _first(*aws: Any) -> None:
 
 async def _cancel(task: asyncio.Future[Any]) -> None:
     """Cancel ``task`` and wait for it; its own errors are logged, not raised."""
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        try:
-            await task
-        except Exception as exc:
-            log.warning("demo task failed", extra={"task": task, "error": type(exc).__name__})
+    try:
+        await cancel_and_wait(task)
+    except Exception as exc:
+        log.warning("demo task failed", extra={"task": task, "error": type(exc).__name__})
 
 
 def _redacted(url: str) -> str:

@@ -18,7 +18,6 @@ reconnect policy (issue 7).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from callscribe.render import CallRenderer
+from shared.aio import cancel_and_wait
 from shared.retry import Backoff
 from shared.schema import CallMeta, TranscriptEvent
 
@@ -199,9 +199,7 @@ class Watcher:
         try:
             return await self._receive(ws)
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await cancel_and_wait(ticker)
 
     async def _tick(self) -> None:
         while True:

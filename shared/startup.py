@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import logging
 import sys
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from shared.aio import cancel_and_wait
 from shared.errors import ConfigError
 from shared.logs import setup_logging
 from shared.redisconn import connect, is_memory
@@ -174,9 +174,7 @@ def run_service(
         try:
             await main(stop)
         finally:
-            probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe
+            await cancel_and_wait(probe)
 
     try:
         return run_until_signal(with_probe)

@@ -38,6 +38,7 @@ from services.transcriber.dgproto import (
     results_to_event,
 )
 from services.transcriber.engine import CallAudio, OnResult
+from shared.aio import cancel_and_wait
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
 from shared.retry import Backoff
@@ -196,9 +197,7 @@ class DeepgramSession:
     async def aclose(self) -> None:
         """Stop at once (no CloseStream); idempotent."""
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     # ------------------------------------------------------------------ connection loop
 

@@ -37,6 +37,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from shared import keys
+from shared.aio import retry
 from shared.history import summarize
 from shared.redisconn import as_text
 from shared.replies import StreamEntry, StreamFields, autoclaimed, batches, entries
@@ -111,15 +112,15 @@ class Notifier:
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
         backoff = Backoff()
         async with aiohttp.ClientSession(timeout=timeout) as http, asyncio.TaskGroup() as tg:
+
+            async def one_round() -> None:
+                await self._ensure_group()
+                for entry_id, fields in await self._next_entries():
+                    await self._slots.acquire()
+                    tg.create_task(self._deliver(http, as_text(entry_id), fields))
+
             while True:
-                try:
-                    await self._ensure_group()
-                    for entry_id, fields in await self._next_entries():
-                        await self._slots.acquire()
-                        tg.create_task(self._deliver(http, as_text(entry_id), fields))
-                    backoff.reset()
-                except REDIS_FAILURES as exc:
-                    await backoff.retry_after(exc, log, "redis unavailable", loop="webhooks")
+                await retry(one_round, log, "redis unavailable", backoff=backoff, loop="webhooks")
 
     async def _ensure_group(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
