@@ -21,7 +21,6 @@ import os
 import re
 import sys
 from collections.abc import Awaitable
-from typing import Literal
 
 from callscribe.rest import add_rest_commands
 from shared import aio
@@ -137,15 +136,13 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from services.gateway.auth import mint
+    from services.gateway.auth import Scope, mint
 
     secret = os.environ.get("JWT_SECRET", "")
     if not secret:
         print("callscribe token: set JWT_SECRET (the gateway's secret) first", file=sys.stderr)
         return 2
-    scope: Literal["all", "numbers", "call"] = (
-        "call" if args.call else "numbers" if args.number else "all"
-    )
+    scope = Scope.CALL if args.call else Scope.NUMBERS if args.number else Scope.ALL
     try:
         token = mint(
             secret,

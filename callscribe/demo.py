@@ -109,7 +109,12 @@ class Demo:
 
     async def run(self) -> int:
         """Start the services, stream and watch the call, stop (unless ``serve``)."""
-        from shared.settings import GatewaySettings, IngestSettings, TranscriberSettings
+        from shared.settings import (
+            AsrEngineName,
+            GatewaySettings,
+            IngestSettings,
+            TranscriberSettings,
+        )
 
         audio = Path(self.options.audio) if self.options.audio else bundled_recording()
         tracks = load_tracks([audio])
@@ -128,7 +133,7 @@ class Demo:
         )
         for name in ("services.ingest.admission", "services.ingest.twiml", "services.gateway.auth"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        transcriber = TranscriberSettings(asr_engine="whisper")
+        transcriber = TranscriberSettings(asr_engine=AsrEngineName.WHISPER)
         self.say(
             f"callscribe demo: Redis {_redacted(ingest.redis_url)}, embedded Whisper engine, "
             "no authentication (local only)"

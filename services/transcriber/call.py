@@ -34,7 +34,15 @@ from shared.errors import AsrError
 from shared.redisconn import as_text
 from shared.replies import entries
 from shared.retry import REDIS_FAILURES, Backoff, cmd
-from shared.schema import AudioFrame, CallEnded, CallMeta, EndEvent, ErrorEvent, TranscriptEvent
+from shared.schema import (
+    AudioFrame,
+    CallEnded,
+    CallMeta,
+    CallStatus,
+    EndEvent,
+    ErrorEvent,
+    TranscriptEvent,
+)
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
@@ -232,19 +240,19 @@ class CallPipeline:
                     meta = CallMeta.from_redis(fields)
                 except ValueError:
                     break
-                if meta.status == "ended" or not await self._mark_owner():
+                if meta.status is CallStatus.ENDED or not await self._mark_owner():
                     log.info(
                         "job dropped: call ended or served by another job",
                         extra={"call_sid": self.sid, "job": self.job_id},
                     )
                     return "drop"
-                if meta.status == "queued":
-                    await set_status(self.redis, [meta], "live")
+                if meta.status is CallStatus.QUEUED:
+                    await set_status(self.redis, [meta], CallStatus.LIVE)
                 break
             except REDIS_FAILURES as exc:
                 await backoff.retry_after(exc, log, "redis unavailable", call_sid=self.sid)
         try:
-            self.meta = CallMeta.from_redis(fields).model_copy(update={"status": "live"})
+            self.meta = CallMeta.from_redis(fields).model_copy(update={"status": CallStatus.LIVE})
         except ValueError:
             log.warning("job for a call without metadata", extra={"call_sid": self.sid})
             return "end"
@@ -443,7 +451,7 @@ class CallPipeline:
         if error is not None:
             self.failure = "asr_failed"
         meta = (self.meta or CallMeta(call_sid=self.sid)).model_copy(
-            update={"status": "ended", "ended_at": now, "failure": self.failure}
+            update={"status": CallStatus.ENDED, "ended_at": now, "failure": self.failure}
         )
         ended_fields = {"status": "ended", "ended_at": f"{now:.3f}"}
         if self.failure is not None:

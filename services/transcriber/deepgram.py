@@ -28,6 +28,7 @@ import time
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import CloseCode
 
 from services.transcriber.dgproto import (
     DeepgramMessageError,
@@ -328,7 +329,7 @@ class DeepgramSession:
         except ConnectionClosed:
             pass
         code = ws.close_code
-        if self._closing and code == 1000:
+        if self._closing and code == CloseCode.NORMAL_CLOSURE:
             return
         reason = ws.close_reason or ""
         raise _Dropped(f"closed {code} {reason[:40]}".strip())

@@ -38,6 +38,7 @@ from shared import keys
 from shared.redisconn import as_text
 from shared.replies import batches, pending_ids
 from shared.retry import REDIS_FAILURES, Backoff, cmd
+from shared.schema import CallStatus
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,10 @@ class Worker:
             async with asyncio.timeout(1.0):
                 # before the jobs can be claimed, so a new owner's "live" cannot come first
                 live = [
-                    c.meta for c in calls if c.meta and c.meta.status == "live" and not c.ending
+                    c.meta for c in calls if c.meta and c.meta.status is CallStatus.LIVE and not c.ending
                 ]
                 with contextlib.suppress(*REDIS_FAILURES):  # the hand-over matters more
-                    await set_status(self.redis, live, "queued")
+                    await set_status(self.redis, live, CallStatus.QUEUED)
                 await cmd(
                     self.redis.xclaim(
                         keys.JOBS,
