@@ -10,7 +10,7 @@ from websockets.frames import CloseCode
 from services.gateway.outbox import Outbox
 
 
-def test_full_queue_drops_oldest_interim_first() -> None:
+async def test_full_queue_drops_oldest_interim_first() -> None:
     """when full, the oldest queued interim is evicted to make room, and counted."""
     box = Outbox(3)
     box.put("i1", droppable=True)
@@ -19,7 +19,15 @@ def test_full_queue_drops_oldest_interim_first() -> None:
     assert box.put("f2")
     assert box.put("f3")
     assert box.dropped == 2 and box.closing is None
-    assert [t for t, _ in box._queue] == ["f1", "f2", "f3"]
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    box.close(CloseCode.NORMAL_CLOSURE, "call ended", drain=True)  # what is left goes out
+    async with asyncio.timeout(1):
+        await box.pump(send, 1.0)
+    assert sent == ["f1", "f2", "f3"]
 
 
 def test_interim_into_queue_full_of_finals_is_dropped() -> None:
