@@ -107,7 +107,9 @@ async def serve_call(
     pcmu = b"\xff" * (BYTES_PER_MS * 2 * audio_ms)
     await redis.xadd(keys.audio(sid), AudioFrame(t_ms=0, pcmu=pcmu).to_redis())  # type: ignore[arg-type]
     await redis.xadd(keys.audio(sid), AudioFrame(t_ms=audio_ms, eof=True).to_redis())  # type: ignore[arg-type]
-    call = CallPipeline(sid, job_id, redis, ScriptedEngine(results, fail_with), settings, asyncio.Event())
+    call = CallPipeline(
+        sid, job_id, redis, ScriptedEngine(results, fail_with), settings, asyncio.Event()
+    )
     for entry_id, fields in entries(await redis.xrange(keys.audio(sid))):
         call.deliver(entry_id, fields)
     publishing = asyncio.create_task(call.live.run())
