@@ -19,11 +19,11 @@ import importlib
 import importlib.metadata
 import os
 import re
-import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 from callscribe.rest import add_rest_commands
+from shared import aio
 from shared.logs import setup_logging
 from shared.settings import LOG_LEVELS
 
@@ -32,64 +32,23 @@ SERVICES = {
     "transcriber": "worker: claims calls, transcribes, publishes (--check: health)",
     "gateway": "clients: /v1/ws, /client, REST, web page (port 8080)",
 }
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = aio.EXIT_INTERRUPTED
 TOOLS_LOG_LEVEL = "WARNING"
 """Log level of simulate, watch, calls, transcript and demo unless ``--log-level`` or
 ``LOG_LEVEL`` says otherwise (the services default to ``LOG_LEVEL``'s INFO)."""
 
 
-def run_interruptible(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
-    """Run ``main(stop)`` on a new event loop and return its exit status.
-
-    The first SIGINT/SIGTERM sets ``stop`` (``main`` winds down and returns); a second one, or
-    one that arrives while ``main`` is already winding down, cancels ``main``. Either way the status is 130 and no traceback is printed.
-    """
-
-    async def runner() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        hits = 0
-
-        def on_signal() -> None:
-            nonlocal hits
-            hits += 1
-            if (hits > 1 or stop.is_set()) and task is not None:
-                task.cancel()  # asked again, or already winding down: stop waiting
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        try:
-            status = await main(stop)
-        except asyncio.CancelledError:
-            return EXIT_INTERRUPTED
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        return EXIT_INTERRUPTED if hits else status
-
-    try:
-        return asyncio.run(runner())
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-
-
 async def until_stopped(work: Awaitable[int], stop: asyncio.Event) -> int:
-    """Await ``work``; if ``stop`` is set first, cancel it and return 130."""
+    """Await ``work`` and return its exit status; if ``stop`` is set first, cancel it and
+    return 130. Raises what ``work`` raised, and the caller's own cancellation."""
     task = asyncio.ensure_future(work)
     stopper = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stopper.cancel()
+        await aio.cancel_and_wait(stopper)
         if not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if not stop.is_set():
-                    raise
+            await aio.cancel_and_wait(task)
     return task.result() if not task.cancelled() else EXIT_INTERRUPTED
 
 
@@ -139,7 +98,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             print(f"callscribe simulate: {exc}", file=sys.stderr)
             return 2
 
-    return run_interruptible(main)
+    return aio.run_until_signal(main)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
@@ -173,17 +132,17 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> int:
         return await until_stopped(watch(options, renderer), stop)
 
-    return run_interruptible(main)
+    return aio.run_until_signal(main)
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from services.gateway.auth import mint
+    from services.gateway.auth import Scope, mint
 
     secret = os.environ.get("JWT_SECRET", "")
     if not secret:
         print("callscribe token: set JWT_SECRET (the gateway's secret) first", file=sys.stderr)
         return 2
-    scope = "call" if args.call else "numbers" if args.number else "all"
+    scope = Scope.CALL if args.call else Scope.NUMBERS if args.number else Scope.ALL
     try:
         token = mint(
             secret,
@@ -230,7 +189,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         guard = PipeGuard(sys.stdout, stop.set)  # head -3 closing the pipe stops the demo
         return run_demo(options, stop, out=guard)  # type: ignore[arg-type]
 
-    status = run_interruptible(demo)
+    status = aio.run_until_signal(demo)
     if guard is not None and guard.broken:
         silence_stdout()
         return EXIT_BROKEN_PIPE

@@ -16,7 +16,6 @@ shutdown paths; issue 7 flattens it into steps in their own module.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import sys
@@ -29,6 +28,7 @@ from callscribe.render import CallRenderer
 from callscribe.simulate import load_tracks
 from callscribe.twilio_messages import new_sid
 from callscribe.watch import Watcher, WatchOptions
+from shared.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,12 @@ class Demo:
 
     async def run(self) -> int:
         """Start the services, stream and watch the call, stop (unless ``serve``)."""
-        from shared.settings import GatewaySettings, IngestSettings, TranscriberSettings
+        from shared.settings import (
+            AsrEngineName,
+            GatewaySettings,
+            IngestSettings,
+            TranscriberSettings,
+        )
 
         audio = Path(self.options.audio) if self.options.audio else bundled_recording()
         tracks = load_tracks([audio])
@@ -128,7 +133,7 @@ class Demo:
         )
         for name in ("services.ingest.admission", "services.ingest.twiml", "services.gateway.auth"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        transcriber = TranscriberSettings(asr_engine="whisper")
+        transcriber = TranscriberSettings(asr_engine=AsrEngineName.WHISPER)
         self.say(
             f"callscribe demo: Redis {_redacted(ingest.redis_url)}, embedded Whisper engine, "
             "no authentication (local only)"
@@ -312,13 +317,10 @@ async def _first(*aws: Any) -> None:
 
 async def _cancel(task: asyncio.Future[Any]) -> None:
     """Cancel ``task`` and wait for it; its own errors are logged, not raised."""
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        try:
-            await task
-        except Exception as exc:
-            log.warning("demo task failed", extra={"task": task, "error": type(exc).__name__})
+    try:
+        await cancel_and_wait(task)
+    except Exception as exc:
+        log.warning("demo task failed", extra={"task": task, "error": type(exc).__name__})
 
 
 def _redacted(url: str) -> str:

@@ -18,18 +18,20 @@ reconnect policy (issue 7).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import CloseCode
 
 from callscribe.render import CallRenderer
+from shared.aio import cancel_and_wait
 from shared.retry import Backoff
-from shared.schema import CallMeta, TranscriptEvent
+from shared.schema import CallMeta, CallStatus, TranscriptEvent
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,9 @@ class Watcher:
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 reason = f"cannot reach the gateway at {url} ({exc.__class__.__name__}: {exc})"
             except ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code == 1008:  # policy: retrying won't help
+                if (
+                    exc.rcvd is not None and exc.rcvd.code == CloseCode.POLICY_VIOLATION
+                ):  # retrying won't help
                     self.renderer.note(f"refused by the gateway: {exc.rcvd.reason}")
                     return EXIT_FAILED
                 reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
@@ -198,9 +202,7 @@ class Watcher:
         try:
             return await self._receive(ws)
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await cancel_and_wait(ticker)
 
     async def _tick(self) -> None:
         while True:
@@ -236,7 +238,7 @@ class Watcher:
             if await self._handle(ws, kind, message):
                 return True
 
-    async def _handle(self, ws: ClientConnection, kind: str, message: dict) -> bool:
+    async def _handle(self, ws: ClientConnection, kind: str, message: dict[str, Any]) -> bool:
         st = self._state
         if kind == "transcript":
             try:
@@ -257,7 +259,7 @@ class Watcher:
         if kind == "calls":
             calls = [self._meta(c) for c in message.get("calls") or []]
             # queued calls too: their audio is kept and transcribed once a worker is free
-            st.live = {c.call_sid: c for c in calls if c is not None and c.status != "ended"}
+            st.live = {c.call_sid: c for c in calls if c is not None and c.status is not CallStatus.ENDED}
             await self._choose(ws)
             self.ready.set()
             return False

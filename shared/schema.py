@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Annotated, Any, Literal, NotRequired, get_args
+from enum import StrEnum
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -316,10 +317,19 @@ class TranscriptEvent(_Event):
         return event
 
 
-CallStatus = Literal["queued", "live", "ended"]
-"""Where a call is in its life: waiting for a transcriber, being transcribed, over."""
+class CallStatus(StrEnum):
+    """Where a call is in its life: waiting for a transcriber, being transcribed, over.
 
-_STATUSES: frozenset[str] = frozenset(get_args(CallStatus))
+    Members equal their strings (``CallStatus.LIVE == "live"``), which is what goes to Redis
+    and on the wire.
+    """
+
+    QUEUED = "queued"
+    LIVE = "live"
+    ENDED = "ended"
+
+
+_STATUSES: frozenset[str] = frozenset(CallStatus)
 
 
 class CallMeta(BaseModel):
@@ -344,7 +354,7 @@ class CallMeta(BaseModel):
     channels: int = 2
     started_at: float = Field(default_factory=time.time)
     ended_at: float | None = None
-    status: CallStatus = "live"
+    status: CallStatus = CallStatus.LIVE
     custom_parameters: dict[str, str] = Field(default_factory=dict)
     failure: str | None = None
 
@@ -359,7 +369,7 @@ class CallMeta(BaseModel):
             "tracks": ",".join(self.tracks),
             "channels": str(self.channels),
             "started_at": f"{self.started_at:.3f}",
-            "status": self.status,
+            "status": str(self.status),
             "custom_parameters": json.dumps(self.custom_parameters),
         }
         if self.ended_at is not None:
@@ -396,7 +406,7 @@ class CallMeta(BaseModel):
             channels=int(f.get("channels") or len(tracks) or 1),
             started_at=float(f.get("started_at") or 0.0),
             ended_at=float(f["ended_at"]) if f.get("ended_at") else None,
-            status=status if (status := f.get("status", "live")) in _STATUSES else "live",
+            status=CallStatus(status) if (status := f.get("status")) in _STATUSES else CallStatus.LIVE,
             custom_parameters=params if isinstance(params, dict) else {},
             failure=f.get("failure") or None,
         )

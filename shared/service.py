@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+
+from shared import aio
 
 log = logging.getLogger(__name__)
 
@@ -101,33 +102,16 @@ def tune_gc() -> None:
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
-    """Run ``main(stop)`` on a new loop (uvloop when installed); SIGTERM/SIGINT set ``stop``;
-    a second one exits at once.
+    """Run a service's ``main(stop)`` on uvloop (when installed) with :func:`tune_gc`, under
+    :func:`shared.aio.run_until_signal`: SIGTERM/SIGINT set ``stop``, the next one stops at once.
 
-    Returns the process exit status (0 after a clean stop).
+    Returns the process exit status: 0 after a clean stop, 130 when a second signal cut it short.
     """
 
-    async def runner() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        hits = 0
-
-        def on_signal(signame: str) -> None:
-            nonlocal hits
-            hits += 1
-            log.info("signal", extra={"signal": signame, "count": hits})
-            if hits > 1:
-                raise SystemExit(130)
-            stop.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig.name)
+    async def service(stop: asyncio.Event) -> int:
         await main(stop)
         return 0
 
     install_fast_loop()
     tune_gc()
-    try:
-        return asyncio.run(runner())
-    except KeyboardInterrupt:
-        return 130
+    return aio.run_until_signal(service)

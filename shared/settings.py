@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -145,11 +146,18 @@ class IngestSettings(CommonSettings):
         return v.rstrip("/") if v is not None else None
 
 
-def _default_engine() -> Literal["deepgram", "whisper"]:
-    return "deepgram" if os.environ.get("DEEPGRAM_API_KEY") else "whisper"
+class AsrEngineName(StrEnum):
+    """The speech engines a transcriber can use (``ASR_ENGINE``)."""
+
+    DEEPGRAM = "deepgram"
+    WHISPER = "whisper"
 
 
-DEFAULT_MAX_CALLS: dict[str, int] = {"deepgram": 500, "whisper": 8}
+def _default_engine() -> AsrEngineName:
+    return AsrEngineName.DEEPGRAM if os.environ.get("DEEPGRAM_API_KEY") else AsrEngineName.WHISPER
+
+
+DEFAULT_MAX_CALLS: dict[str, int] = {AsrEngineName.DEEPGRAM: 500, AsrEngineName.WHISPER: 8}
 """``MAX_CALLS`` when unset, by engine. Deepgram: the worker only relays audio and results,
 about 1.2–1.4 ms of CPU per call-second (benchmarks/load.py at 200 calls), so 500 calls stay
 under about two thirds of a core. Whisper decodes on this host's CPU, 0.16–0.25 CPU-s per
@@ -165,7 +173,7 @@ def _default_max_calls(data: dict[str, object]) -> int:
 class TranscriberSettings(CommonSettings):
     """`python -m services.transcriber`: claims calls, relays audio to ASR, publishes results."""
 
-    asr_engine: Literal["deepgram", "whisper"] = Field(
+    asr_engine: AsrEngineName = Field(
         default_factory=_default_engine,
         description="`deepgram` or `whisper`; `deepgram` if DEEPGRAM_API_KEY is set, else `whisper`",
     )
@@ -258,7 +266,7 @@ class TranscriberSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _deepgram_needs_key(self) -> TranscriberSettings:
-        if self.asr_engine == "deepgram" and self.deepgram_api_key is None:
+        if self.asr_engine is AsrEngineName.DEEPGRAM and self.deepgram_api_key is None:
             # the fake server in tests takes any key; a real deployment must set one
             self.deepgram_api_key = SecretStr("")
         return self

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import logging
 import sys
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from shared.aio import cancel_and_wait
 from shared.errors import ConfigError
 from shared.logs import setup_logging
 from shared.redisconn import connect, is_memory
@@ -174,9 +174,7 @@ def run_service(
         try:
             await main(stop)
         finally:
-            probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe
+            await cancel_and_wait(probe)
 
     try:
         return run_until_signal(with_probe)
@@ -222,14 +220,15 @@ def http_service_main(
     description: str,
     argv: list[str] | None,
     *,
-    refuse: Callable[[H], None],
+    refuse: Callable[[H], object],
     run: Callable[[H, asyncio.Event], Awaitable[None]],
 ) -> int:
     """The ``main`` of an HTTP service (ingest, gateway): ``--host``/``--port`` over the
     settings' defaults, ``--check``, then run until SIGTERM/SIGINT.
 
     ``refuse(settings)`` raises :class:`ConfigError` for settings the service must not start
-    with (no key, no signature checks). Returns the exit status: 2 for a bad setting or a
+    with (no key, no signature checks); what it returns is ignored, so a class whose constructor
+    checks them will do. Returns the exit status: 2 for a bad setting or a
     refusal, 1 for a failed ``--check`` or a port that cannot be bound, each with one line on
     stderr (``callscribe <service>: …``); 0 after a clean stop.
     """

@@ -11,7 +11,7 @@ import pytest
 
 from services.gateway import app as gateway_app
 from shared import keys
-from shared.schema import CallEnded, CallMeta, CallStarted, EndEvent, TranscriptEvent
+from shared.schema import CallEnded, CallMeta, CallStarted, CallStatus, EndEvent, TranscriptEvent
 from shared.settings import GatewaySettings
 
 CALLSCRIBE = str(Path(sys.executable).with_name("callscribe"))
@@ -68,7 +68,7 @@ async def _start_call(redis, meta: CallMeta) -> None:
 
 
 async def _end_call(redis, meta: CallMeta) -> None:
-    meta.status, meta.ended_at = "ended", meta.started_at + 5
+    meta.status, meta.ended_at = CallStatus.ENDED, meta.started_at + 5
     await redis.hset(keys.meta(SID), mapping=meta.to_redis())
     await redis.srem(keys.ACTIVE_CALLS, SID)
     await redis.publish(keys.live(SID), EndEvent(call_sid=SID).to_json())

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from aiohttp import web
+from websockets.frames import CloseCode
 
 from services.gateway import rest
 from services.gateway.auth import Authenticator, auth_middleware
@@ -18,7 +19,6 @@ from services.gateway.clients import Gateway, json_endpoint, tutorial_endpoint
 from services.gateway.connection import Connections
 from services.gateway.hub import Hub
 from services.gateway.metrics import gateway_registry
-from services.gateway.outbox import CLOSE_RESTART
 from shared.metrics import metrics_handler
 from shared.service import serving
 from shared.settings import GatewaySettings
@@ -91,7 +91,7 @@ async def run(
             ):
                 await stop.wait()
                 closed = await gateway.connections.close_all(
-                    CLOSE_RESTART, "service restart", settings.send_timeout_s
+                    CloseCode.SERVICE_RESTART, "service restart", settings.send_timeout_s
                 )
             hub_task.cancel()
     except* OSError as group:

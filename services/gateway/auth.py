@@ -26,14 +26,15 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import jwt
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError, Unauthorized
-from shared.schema import CallMeta, ErrorEvent
+from shared.schema import CallMeta, CallStatus, ErrorEvent
 from shared.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,14 @@ WS_PATHS = frozenset({"/client", "/v1/ws"})
 """WebSocket paths: their handler refuses a bad token with close 1008, not HTTP 401."""
 
 
+class Scope(StrEnum):
+    """Which calls a token shows: every call, calls from or to its ``numbers``, or one call."""
+
+    ALL = "all"
+    NUMBERS = "numbers"
+    CALL = "call"
+
+
 class TokenClaims(BaseModel):
     """The claims callscribe reads from a verified token (others are ignored)."""
 
@@ -61,7 +70,7 @@ class TokenClaims(BaseModel):
 
     sub: str = Field(default="", max_length=200)
     exp: float
-    scope: Literal["all", "numbers", "call"]
+    scope: Scope
     numbers: list[str] = Field(default_factory=list, max_length=1000)
     call_sid: str | None = Field(default=None, max_length=64)
     history: bool = False
@@ -76,7 +85,7 @@ class Grant:
     """
 
     subject: str
-    scope: Literal["all", "numbers", "call"]
+    scope: Scope
     numbers: frozenset[str] = frozenset()
     call_sid: str | None = None
     history: bool = False
@@ -85,21 +94,21 @@ class Grant:
     @property
     def all_calls(self) -> bool:
         """True when every call is visible (no metadata needed to decide)."""
-        return self.scope == "all"
+        return self.scope is Scope.ALL
 
     def sees_sid(self, call_sid: str) -> bool | None:
         """Whether the call is visible from its SID alone; None when its metadata decides."""
-        if self.scope == "all":
+        if self.scope is Scope.ALL:
             return True
-        if self.scope == "call":
+        if self.scope is Scope.CALL:
             return call_sid == self.call_sid
         return None
 
     def sees(self, meta: CallMeta | None) -> bool:
         """Whether a call with this metadata is visible (None = unknown: not visible unless all)."""
         if meta is None:
-            return self.scope == "all"
-        if not self.history and meta.status == "ended":
+            return self.scope is Scope.ALL
+        if not self.history and meta.status is CallStatus.ENDED:
             return False
         by_sid = self.sees_sid(meta.call_sid)
         if by_sid is not None:
@@ -113,14 +122,14 @@ class Grant:
         return [c for c in calls if self.sees(c)]
 
 
-OPEN_GRANT = Grant(subject="anonymous", scope="all", history=True)
+OPEN_GRANT = Grant(subject="anonymous", scope=Scope.ALL, history=True)
 """Everyone's grant when ``GATEWAY_AUTH=none``."""
 
 
 def mint(
     secret: str,
     *,
-    scope: Literal["all", "numbers", "call"] = "all",
+    scope: Scope = Scope.ALL,
     numbers: Iterable[str] = (),
     call_sid: str | None = None,
     history: bool = False,
@@ -134,11 +143,13 @@ def mint(
     ``exp`` is whole seconds, rounded up, so a short token never lives less than asked.
 
     Raises:
-        ValueError: ``scope`` ``numbers`` without numbers, or ``call`` without ``call_sid``.
+        ValueError: ``scope`` ``numbers`` without numbers, or ``call`` without ``call_sid``, or
+            a ``scope`` that is none of :class:`Scope`'s values.
     """
-    if scope == "numbers" and not list(numbers):
+    scope = Scope(scope)
+    if scope is Scope.NUMBERS and not list(numbers):
         raise ValueError("scope numbers needs at least one number")
-    if scope == "call" and not call_sid:
+    if scope is Scope.CALL and not call_sid:
         raise ValueError("scope call needs a call_sid")
     issued = time.time() if now is None else now
     claims: dict[str, Any] = {
@@ -146,12 +157,12 @@ def mint(
         "aud": audience,
         "iat": int(issued),
         "exp": math.ceil(issued + ttl_s),
-        "scope": scope,
+        "scope": scope.value,
         "history": history,
     }
-    if scope == "numbers":
+    if scope is Scope.NUMBERS:
         claims["numbers"] = list(numbers)
-    if scope == "call":
+    if scope is Scope.CALL:
         claims["call_sid"] = call_sid
     return jwt.encode(claims, secret, algorithm="HS256")
 
@@ -225,9 +236,9 @@ class Authenticator:
             raise Unauthorized(f"invalid token ({exc.__class__.__name__})") from None
         except ValidationError:
             raise Unauthorized("the token's claims grant nothing (scope)") from None
-        if claims.scope == "numbers" and not claims.numbers:
+        if claims.scope is Scope.NUMBERS and not claims.numbers:
             raise Unauthorized("scope numbers without numbers")
-        if claims.scope == "call" and not claims.call_sid:
+        if claims.scope is Scope.CALL and not claims.call_sid:
             raise Unauthorized("scope call without call_sid")
         return Grant(
             subject=claims.sub,

@@ -44,13 +44,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
+from websockets.frames import CloseCode
 
 from services.gateway import history, store
 from services.gateway.auth import Authenticator, Grant, presented_token
 from services.gateway.connection import Connections, serve_connection
 from services.gateway.guard import Guard
 from services.gateway.hub import Hub
-from services.gateway.outbox import CLOSE_INTERNAL, CLOSE_POLICY, DirectWriter, Outbox
+from services.gateway.outbox import DirectWriter, Outbox
 from services.gateway.subscribers import CallSubscriber, CallsWatcher
 from shared.errors import ClientMessageError, RedisUnavailable, Unauthorized
 from shared.limits import TokenBucket
@@ -180,7 +181,9 @@ async def _authenticate(
     if grant is None:
         gw.refused_tokens += 1
         log.info("websocket refused", extra={"path": request.path, "reason": why})
-        await ws.close(code=CLOSE_POLICY, message=f"unauthorized: {why}"[:123].encode())
+        await ws.close(
+            code=CloseCode.POLICY_VIOLATION, message=f"unauthorized: {why}"[:123].encode()
+        )
     return ws, grant
 
 
@@ -192,7 +195,9 @@ def _expire(outbox: Outbox, grant: Grant) -> asyncio.TimerHandle | None:
     delay_s = max(0.0, grant.expires_at - time.time())
     return loop.call_later(
         delay_s,
-        functools.partial(outbox.close, CLOSE_POLICY, "unauthorized: token expired", drain=False),
+        functools.partial(
+            outbox.close, CloseCode.POLICY_VIOLATION, "unauthorized: token expired", drain=False
+        ),
     )
 
 
@@ -236,19 +241,19 @@ async def _tutorial(request: web.Request, gw: Gateway) -> web.WebSocketResponse:
             else:
                 sids = [c.call_sid for c in await gw.visible_calls(grant)]
         except RedisUnavailable:
-            outbox.close(CLOSE_INTERNAL, "redis unavailable", drain=False)
+            outbox.close(CloseCode.INTERNAL_ERROR, "redis unavailable", drain=False)
             return
         outbox.put(json.dumps(sids))
         text = await _receive_text(ws, gw.settings.client_idle_s)
         if text is _IDLE:
-            outbox.close(CLOSE_POLICY, "idle: send a callSid", drain=False)
+            outbox.close(CloseCode.POLICY_VIOLATION, "idle: send a callSid", drain=False)
             return
         if not isinstance(text, str):
             return
         call_sid = text.strip()
         if not CALL_SID_RE.match(call_sid):
             log.info("client sent no callSid", extra={"length": len(call_sid)})
-            outbox.close(CLOSE_POLICY, "unknown callSid", drain=True)
+            outbox.close(CloseCode.POLICY_VIOLATION, "unknown callSid", drain=True)
             return
         try:
             if not await gw.visible(grant, call_sid):
@@ -257,10 +262,10 @@ async def _tutorial(request: web.Request, gw: Gateway) -> web.WebSocketResponse:
             sub.append(await gw.hub.attach_call(call_sid, outbox, since=since, deepgram=True))
         except ClientMessageError:
             log.info("client asked for an unknown call", extra={"call_sid": call_sid[:64]})
-            outbox.close(CLOSE_POLICY, "unknown callSid", drain=True)
+            outbox.close(CloseCode.POLICY_VIOLATION, "unknown callSid", drain=True)
             return
         except RedisUnavailable:
-            outbox.close(CLOSE_INTERNAL, "redis unavailable", drain=False)
+            outbox.close(CloseCode.INTERNAL_ERROR, "redis unavailable", drain=False)
             return
         while await _receive_text(ws) is not _DISCONNECT:
             pass  # the tutorial's clients send nothing more; ignore it if they do
@@ -348,12 +353,12 @@ class _JsonSession:
             now = loop.time()
             if text is _IDLE:
                 if not self.subs and self.watcher is None:
-                    self.outbox.close(CLOSE_POLICY, "idle", drain=False)
+                    self.outbox.close(CloseCode.POLICY_VIOLATION, "idle", drain=False)
                     return
                 continue
             if not bucket.take(now):
                 log.info("client sends too fast", extra={"limit_per_s": rate})
-                self.outbox.close(CLOSE_POLICY, "too many messages", drain=False)
+                self.outbox.close(CloseCode.POLICY_VIOLATION, "too many messages", drain=False)
                 return
             try:
                 if not isinstance(text, str):
@@ -365,7 +370,9 @@ class _JsonSession:
                     bad.popleft()
                 self._error(exc.code, exc.message, getattr(exc, "call_sid", None))
                 if len(bad) >= MAX_BAD_MESSAGES:
-                    self.outbox.close(CLOSE_POLICY, "too many bad messages", drain=True)
+                    self.outbox.close(
+                        CloseCode.POLICY_VIOLATION, "too many bad messages", drain=True
+                    )
                     return
             except RedisUnavailable:
                 self._error("unavailable", "Redis is unavailable; try again shortly")

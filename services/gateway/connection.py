@@ -16,14 +16,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
+from websockets.frames import CloseCode
 
-from services.gateway.outbox import (
-    CLOSE_INTERNAL,
-    CLOSE_TRY_LATER,
-    SLOW_REASON,
-    CloseRequest,
-    Outbox,
-)
+from services.gateway.outbox import SLOW_REASON, CloseRequest, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +62,7 @@ class Connections:
         if not self._open:
             self._empty.set()
 
-    async def close_all(self, code: int, reason: str, timeout_s: float) -> int:
+    async def close_all(self, code: CloseCode, reason: str, timeout_s: float) -> int:
         """Ask every connection to close with ``code`` and wait up to ``timeout_s`` for them.
 
         Returns how many connections were asked.
@@ -106,7 +101,7 @@ async def serve_connection(
                     async with asyncio.timeout(send_timeout_s):
                         await pump
         elif pump in done and isinstance(pump.exception(), TimeoutError):
-            request = CloseRequest(CLOSE_TRY_LATER, SLOW_REASON, drain=False)
+            request = CloseRequest(CloseCode.TRY_AGAIN_LATER, SLOW_REASON, drain=False)
         elif read in done and read.exception() is not None:
             log.warning(
                 "client reader failed",
@@ -117,7 +112,7 @@ async def serve_connection(
         tasks = (pump, read, closer)
         for task in tasks:
             task.cancel()
-        if request is not None and request.code == CLOSE_TRY_LATER:
+        if request is not None and request.code == CloseCode.TRY_AGAIN_LATER:
             connections.slow_closed += 1
             log.warning(
                 "slow client disconnected",
@@ -126,7 +121,9 @@ async def serve_connection(
         if not ws.closed:
             # Closing before awaiting the tasks also ends a reader whose cancellation a library
             # swallowed: its pending receive gets the closing message.
-            await _close(ws, request or CloseRequest(CLOSE_INTERNAL, "", False), send_timeout_s)
+            await _close(
+                ws, request or CloseRequest(CloseCode.INTERNAL_ERROR, "", False), send_timeout_s
+            )
         await asyncio.wait(tasks)
         for task in tasks:
             if not task.cancelled():

@@ -28,6 +28,7 @@ from shared.history import (
     summarize,
     tokens,
 )
+from shared.replies import scored
 from shared.schema import CallMeta, CallSummary, HistoryPage, HistoryRequest
 
 BATCH = 100
@@ -87,7 +88,7 @@ async def _scored(
 ) -> dict[str, float]:
     async with store.redis_op(timeout_s):
         rows = await r.zrangebyscore(key, low, high, start=0, num=CANDIDATES_MAX, withscores=True)
-    return {(m.decode() if isinstance(m, bytes) else m): float(s) for m, s in rows}
+    return {m.decode(): float(s) for m, s in scored(rows)}
 
 
 async def _candidates(

@@ -33,9 +33,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from websockets.frames import CloseCode
 
 from services.gateway import store
-from services.gateway.outbox import CLOSE_INTERNAL, Outbox
+from services.gateway.outbox import Outbox
 from services.gateway.subscribers import (
     PENDING_FACTOR,
     CallSubscriber,
@@ -402,7 +403,7 @@ class Hub:
                     await backoff.wait()
         except Exception:
             log.exception("subscriber sync crashed", extra={"call_sid": sid})
-            sub.outbox.close(CLOSE_INTERNAL, "internal error", drain=False)
+            sub.outbox.close(CloseCode.INTERNAL_ERROR, "internal error", drain=False)
 
     async def _sync(self, sub: Subscriber, ch: _Channel) -> bool:
         """Replay what the subscriber is missing, then drain its buffer and go live.

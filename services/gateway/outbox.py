@@ -32,11 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_RESTART = 1012
-CLOSE_TRY_LATER = 1013
+from websockets.frames import CloseCode
 
 SLOW_REASON = "client too slow: reconnect and resubscribe with since=<last final id>"
 
@@ -98,7 +94,7 @@ class CloseRequest:
     """Why the connection is to be closed: WebSocket ``code``, ``reason`` (≤ 123 bytes), and
     whether queued messages are sent first (``drain``)."""
 
-    code: int
+    code: CloseCode
     reason: str
     drain: bool
 
@@ -187,7 +183,7 @@ class Outbox:
                 self.dropped += 1
                 return False
             else:
-                self.close(CLOSE_TRY_LATER, SLOW_REASON, drain=False)
+                self.close(CloseCode.TRY_AGAIN_LATER, SLOW_REASON, drain=False)
                 return False
         queue.append((text, droppable))
         self._chars += size
@@ -206,7 +202,7 @@ class Outbox:
                 self.dropped += 1
                 return
 
-    def close(self, code: int, reason: str, *, drain: bool) -> None:
+    def close(self, code: CloseCode, reason: str, *, drain: bool) -> None:
         """Ask for the connection to be closed; a close that does not drain overrides one that does.
 
         ``drain`` = send what is queued first (the call ended); otherwise discard it.

@@ -10,7 +10,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -18,6 +17,7 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.errors import RedisUnavailable
 from shared.redisconn import stream_id_tuple
+from shared.replies import StreamEntry, entries
 from shared.schema import CallMeta
 
 HISTORY_PAGE = 200
@@ -100,20 +100,20 @@ async def history_page(
     after: StreamId | None,
     timeout_s: float,
     count: int = HISTORY_PAGE,
-) -> list[tuple[bytes, dict[Any, Any]]]:
+) -> list[StreamEntry]:
     """Up to ``count`` finals of the call's history strictly after ``after`` (None = from the start).
 
     Raises RedisUnavailable.
     """
     low = "-" if after is None or after == (0, 0) else "(" + format_id(after)
     async with redis_op(timeout_s):
-        return await r.xrange(keys.transcript(call_sid), min=low, max="+", count=count)
+        return entries(await r.xrange(keys.transcript(call_sid), min=low, max="+", count=count))
 
 
 async def last_history_id(r: aioredis.Redis, call_sid: str, timeout_s: float) -> StreamId:
     """ID of the newest final in the call's history, ``(0, 0)`` when empty. Raises RedisUnavailable."""
     async with redis_op(timeout_s):
-        last = await r.xrevrange(keys.transcript(call_sid), count=1)
+        last = entries(await r.xrevrange(keys.transcript(call_sid), count=1))
     return stream_id_tuple(last[0][0]) if last else (0, 0)
 
 

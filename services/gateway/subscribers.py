@@ -19,9 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
+from websockets.frames import CloseCode
 
 from services.gateway.deepgram import results_json
-from services.gateway.outbox import CLOSE_NORMAL, CLOSE_TRY_LATER, SLOW_REASON, Outbox
+from services.gateway.outbox import SLOW_REASON, Outbox
 from services.gateway.store import StreamId
 from shared.redisconn import stream_id_tuple
 from shared.schema import CallMeta, EndEvent, TranscriptEvent, call_event_adapter
@@ -120,7 +121,7 @@ class Subscriber:
         elif len(pending) < self.pending_max:
             pending.append(msg)
         else:
-            self.outbox.close(CLOSE_TRY_LATER, SLOW_REASON, drain=False)
+            self.outbox.close(CloseCode.TRY_AGAIN_LATER, SLOW_REASON, drain=False)
 
     def enter_pending(self) -> None:
         """Stop delivering live (Redis was lost): buffer until the next sync."""
@@ -175,7 +176,7 @@ class CallSubscriber(Subscriber):
         elif kind == "end":
             self.ended = True
             if self.deepgram:
-                self.outbox.close(CLOSE_NORMAL, "call ended", drain=True)
+                self.outbox.close(CloseCode.NORMAL_CLOSURE, "call ended", drain=True)
             else:
                 self.outbox.put(msg.text)
             if self.on_end is not None:

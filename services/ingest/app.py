@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from aiohttp import WSMsgType, web
+from websockets.frames import CloseCode
 
 from shared.errors import TwilioMessageError
 from shared.limits import ConnectionCounter, pace_delay_s
@@ -41,7 +42,7 @@ from .admission import Admission, Verdict, check_settings
 from .metrics import StreamTotals, ingest_registry
 from .mixer import Mixer
 from .publisher import Publisher
-from .twilio import FATAL_CODES, Action, CallEnd, CallStart, TwilioStream
+from .twilio import FATAL_CODES, Action, CallEnd, CallStart, Phase, TwilioStream
 from .twiml import STREAM_PATH, TwilioAuth, voice_webhook
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,6 @@ ERROR_LOGS_PER_CODE = 3
 HEALTH_PING_TIMEOUT_S = 1.0
 """How long ``/healthz`` waits for Redis to answer PING, s."""
 
-
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_RESTART = 1012
 
 PACE_EVERY = 256
 """The read loop checks a socket's message rate once per this many messages."""
@@ -118,12 +115,12 @@ class Ingest:
     @property
     def live_calls(self) -> int:
         """Streams that have started and not ended."""
-        return sum(1 for c in self._open.values() if c.stream.phase == "started")
+        return sum(1 for c in self._open.values() if c.stream.phase is Phase.STARTED)
 
     def stream_counts(self) -> Iterator[tuple[int, Mixer | None, bool]]:
         """Per open ``/twilio`` socket: (messages received, its mixer, whether its call is live)."""
         for c in list(self._open.values()):
-            yield c.received, c.stream.mixer, c.stream.phase == "started"
+            yield c.received, c.stream.mixer, c.stream.phase is Phase.STARTED
 
     # ------------------------------------------------------------------ routes
 
@@ -219,7 +216,7 @@ class Ingest:
         if verdict is Verdict.ADMITTED:
             return True
         conn.stream.refuse()
-        await _close(ws, CLOSE_POLICY, verdict.value)
+        await _close(ws, CloseCode.POLICY_VIOLATION, verdict.value)
         return False
 
     async def watch_idle(self) -> None:
@@ -241,7 +238,7 @@ class Ingest:
                         "stream idle: closing",
                         extra={"call_sid": conn.stream.call_sid or "-", "idle_s": idle_s},
                     )
-                    task = asyncio.create_task(_close(conn.ws, CLOSE_GOING_AWAY, "idle"))
+                    task = asyncio.create_task(_close(conn.ws, CloseCode.GOING_AWAY, "idle"))
                     self._closers.add(task)
                     task.add_done_callback(self._closers.discard)
 
@@ -251,7 +248,7 @@ class Ingest:
         conns = list(self._open.values())
         if conns:
             await asyncio.wait(
-                [asyncio.create_task(_close(c.ws, CLOSE_RESTART, "")) for c in conns],
+                [asyncio.create_task(_close(c.ws, CloseCode.SERVICE_RESTART, "")) for c in conns],
                 timeout=timeout_s,
             )
 
@@ -325,7 +322,7 @@ class Ingest:
             )
 
 
-async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+async def _close(ws: web.WebSocketResponse, code: CloseCode, reason: str) -> None:
     """Close ``ws`` with ``code``, at most 1 s for the peer's answer; never raises."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(1.0):

@@ -281,7 +281,7 @@ class Publisher:
         ]:
             return []  # applied before; only its reply was lost
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's Mapping[FieldT, …] is invariant
             pipe.sadd(keys.ACTIVE_CALLS, meta.call_sid)
             pipe.xadd(keys.JOBS, {"call_sid": meta.call_sid})
             pipe.publish(keys.CALL_EVENTS, CallStarted(call=meta).to_json())

@@ -19,13 +19,16 @@ from __future__ import annotations
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
+
+from websockets.frames import CloseCode
 
 from shared.audio import SAMPLE_RATE
 from shared.errors import TwilioMessageError
 from shared.schema import (
     AudioFrame,
     CallMeta,
+    CallStatus,
     TwilioMedia,
     TwilioMessage,
     TwilioStart,
@@ -39,7 +42,10 @@ from .mixer import TRACK_ORDER, Mixer
 MULAW = "audio/x-mulaw"
 """The only ``mediaFormat.encoding`` Twilio Media Streams send (8 kHz, 1 channel per track)."""
 
-FATAL_CODES: dict[str, int] = {"unsupported_media_format": 1003, "silence_limit": 1008}
+FATAL_CODES: dict[str, CloseCode] = {
+    "unsupported_media_format": CloseCode.UNSUPPORTED_DATA,
+    "silence_limit": CloseCode.POLICY_VIOLATION,
+}
 """Error codes after which the connection is closed, with their close code (1003 unsupported
 data; 1008 policy: a call whose timestamps jump past its silence budget is ended)."""
 
@@ -67,7 +73,12 @@ class CallEnd:
 
 
 Action = CallStart | AudioFrame | CallEnd
-Phase = Literal["open", "started", "ended"]
+class Phase(StrEnum):
+    """Where a Twilio stream is: before ``start``, streaming, or over."""
+
+    OPEN = "open"
+    STARTED = "started"
+    ENDED = "ended"
 
 
 class TwilioStream:
@@ -96,7 +107,7 @@ class TwilioStream:
         self._reorder_ms = reorder_ms
         self._max_gap_ms = max_gap_ms
         self._silence_budget_ms = silence_budget_ms
-        self.phase: Phase = "open"
+        self.phase: Phase = Phase.OPEN
         self.meta: CallMeta | None = None
         self.mixer: Mixer | None = None
         self.dtmf = 0
@@ -145,17 +156,17 @@ class TwilioStream:
 
         Returns ``[]`` when the stream never started or has already ended.
         """
-        if self.phase != "started" or self.mixer is None or self.meta is None:
-            if self.phase == "open":
-                self.phase = "ended"
+        if self.phase is not Phase.STARTED or self.mixer is None or self.meta is None:
+            if self.phase is Phase.OPEN:
+                self.phase = Phase.ENDED
             return ()
-        self.phase = "ended"
+        self.phase = Phase.ENDED
         actions: list[Action] = list(self.mixer.flush())
         actions.append(CallEnd(self.meta.call_sid, self.mixer.end_ms, reason))
         return actions
 
     def _start(self, msg: TwilioStart) -> Sequence[Action]:
-        if self.phase != "open":
+        if self.phase is not Phase.OPEN:
             raise TwilioMessageError("second_start", "a stream has exactly one start; ignored")
         info = msg.start
         fmt = info.media_format
@@ -178,7 +189,7 @@ class TwilioStream:
             to=params.pop("To", ""),
             tracks=tracks,
             channels=len(tracks),
-            status="queued",  # until a transcriber claims it (docs/protocol.md, "CallMeta")
+            status=CallStatus.QUEUED,  # until a transcriber claims it (docs/protocol.md, "CallMeta")
             custom_parameters=params,
         )
         self.mixer = Mixer(
@@ -190,21 +201,21 @@ class TwilioStream:
             silence_budget_ms=self._silence_budget_ms,
         )
         self.meta = meta
-        self.phase = "started"
+        self.phase = Phase.STARTED
         return [CallStart(meta, token)]
 
     def refuse(self) -> None:
         """The call was not admitted: end the stream without a :class:`CallEnd` (nothing of it
         was published)."""
-        self.phase = "ended"
+        self.phase = Phase.ENDED
 
     def _media(self, msg: TwilioMedia) -> Sequence[Action]:
         media = msg.media
         return self._media_fields(media.track, media.timestamp, media.payload)
 
     def _media_fields(self, track: str, timestamp_ms: int, payload_b64: str) -> Sequence[Action]:
-        if self.phase != "started" or self.mixer is None:
-            if self.phase == "open":
+        if self.phase is not Phase.STARTED or self.mixer is None:
+            if self.phase is Phase.OPEN:
                 raise TwilioMessageError("media_before_start", "media before start; dropped")
             raise TwilioMessageError("media_after_stop", "media after the stream ended; dropped")
         try:

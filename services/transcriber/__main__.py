@@ -11,7 +11,7 @@ from services.transcriber.health import check
 from services.transcriber.probe import check_key, probe_deepgram
 from shared.errors import ConfigError
 from shared.logs import setup_logging
-from shared.settings import TranscriberSettings
+from shared.settings import AsrEngineName, TranscriberSettings
 from shared.startup import load_settings, run_service
 
 DESCRIPTION = (
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
 
     async def main_(stop: asyncio.Event) -> None:
-        first = await probe_deepgram(settings) if settings.asr_engine == "deepgram" else None
+        first = await probe_deepgram(settings) if settings.asr_engine is AsrEngineName.DEEPGRAM else None
         await run(settings, stop=stop, probe=first)
 
     return run_service(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from services.transcriber.engine import AsrEngine
 from services.transcriber.engines import make_engine
@@ -13,6 +12,7 @@ from services.transcriber.probe import Probe, probe_until_ok
 from services.transcriber.webhooks import Notifier
 from services.transcriber.webhooks import urls as webhook_urls
 from services.transcriber.worker import Worker
+from shared.aio import cancel_and_wait
 from shared.redisconn import connect
 from shared.settings import TranscriberSettings
 
@@ -64,13 +64,9 @@ async def run(
             await worker.run(stop)
     finally:
         if notifier is not None:
-            notifier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await notifier
+            await cancel_and_wait(notifier)
         if reprobe is not None:
-            reprobe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reprobe
+            await cancel_and_wait(reprobe)
         if own_engine:
             await asr.aclose()
         await redis.aclose()

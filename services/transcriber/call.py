@@ -32,8 +32,17 @@ from shared import keys
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
 from shared.redisconn import as_text
+from shared.replies import entries
 from shared.retry import REDIS_FAILURES, Backoff, cmd
-from shared.schema import AudioFrame, CallEnded, CallMeta, EndEvent, ErrorEvent, TranscriptEvent
+from shared.schema import (
+    AudioFrame,
+    CallEnded,
+    CallMeta,
+    CallStatus,
+    EndEvent,
+    ErrorEvent,
+    TranscriptEvent,
+)
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
@@ -166,7 +175,7 @@ class CallPipeline:
     async def _audio_stalled(self) -> bool:
         """True when nothing newer than what we read is in the audio stream (Redis answering)."""
         try:
-            last = await cmd(self.redis.xrevrange(keys.audio(self.sid), count=1))
+            last = entries(await cmd(self.redis.xrevrange(keys.audio(self.sid), count=1)))
         except REDIS_FAILURES:
             return False  # cannot tell: keep waiting
         return not last or as_text(last[0][0]) == self.last_id
@@ -231,19 +240,19 @@ class CallPipeline:
                     meta = CallMeta.from_redis(fields)
                 except ValueError:
                     break
-                if meta.status == "ended" or not await self._mark_owner():
+                if meta.status is CallStatus.ENDED or not await self._mark_owner():
                     log.info(
                         "job dropped: call ended or served by another job",
                         extra={"call_sid": self.sid, "job": self.job_id},
                     )
                     return "drop"
-                if meta.status == "queued":
-                    await set_status(self.redis, [meta], "live")
+                if meta.status is CallStatus.QUEUED:
+                    await set_status(self.redis, [meta], CallStatus.LIVE)
                 break
             except REDIS_FAILURES as exc:
                 await backoff.retry_after(exc, log, "redis unavailable", call_sid=self.sid)
         try:
-            self.meta = CallMeta.from_redis(fields).model_copy(update={"status": "live"})
+            self.meta = CallMeta.from_redis(fields).model_copy(update={"status": CallStatus.LIVE})
         except ValueError:
             log.warning("job for a call without metadata", extra={"call_sid": self.sid})
             return "end"
@@ -279,10 +288,11 @@ class CallPipeline:
         key = keys.meta(self.sid)
         if await cmd(self.redis.hsetnx(key, "job_id", self.job_id)):
             return True
-        holder = as_text(await cmd(self.redis.hget(key, "job_id")) or b"")
+        held = await cmd(self.redis.hget(key, "job_id"))
+        holder = as_text(held or b"")
         if holder == self.job_id:
             return True
-        if holder and await cmd(self.redis.xrange(keys.JOBS, holder, holder, count=1)):
+        if holder and entries(await cmd(self.redis.xrange(keys.JOBS, holder, holder, count=1))):
             return False  # that job is pending: its worker (or the next one) serves the call
         await cmd(self.redis.hset(key, "job_id", self.job_id))
         return True
@@ -396,11 +406,11 @@ class CallPipeline:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.xadd(
                         keys.transcript(self.sid),
-                        history,
+                        history,  # type: ignore[arg-type]  # redis-py's Dict[FieldT, …] is invariant
                         maxlen=self.settings.transcript_maxlen,
                         approximate=True,
-                    )  # type: ignore[arg-type]
-                    pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]
+                    )
+                    pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]  # as above
                     index_final(pipe, self.sid, self._started_at, event.text, self._retention_s)
                     if self._hooks and self.settings.webhook_finals:
                         key = f"{self.sid}:final:{event.segment}"
@@ -419,7 +429,7 @@ class CallPipeline:
             done = await cmd(self.redis.hget(keys.meta(self.sid), f"final_end_s_{event.channel}"))
             if done is None or float(done) + _EPS_S < event.end:
                 return None
-            last = await cmd(self.redis.xrevrange(keys.transcript(self.sid), count=1))
+            last = entries(await cmd(self.redis.xrevrange(keys.transcript(self.sid), count=1)))
             return as_text(last[0][0]) if last else None
         except REDIS_FAILURES:
             return None
@@ -441,7 +451,7 @@ class CallPipeline:
         if error is not None:
             self.failure = "asr_failed"
         meta = (self.meta or CallMeta(call_sid=self.sid)).model_copy(
-            update={"status": "ended", "ended_at": now, "failure": self.failure}
+            update={"status": CallStatus.ENDED, "ended_at": now, "failure": self.failure}
         )
         ended_fields = {"status": "ended", "ended_at": f"{now:.3f}"}
         if self.failure is not None:

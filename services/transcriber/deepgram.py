@@ -28,6 +28,7 @@ import time
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import CloseCode
 
 from services.transcriber.dgproto import (
     DeepgramMessageError,
@@ -38,6 +39,7 @@ from services.transcriber.dgproto import (
     results_to_event,
 )
 from services.transcriber.engine import CallAudio, OnResult
+from shared.aio import cancel_and_wait
 from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
 from shared.retry import Backoff
@@ -196,9 +198,7 @@ class DeepgramSession:
     async def aclose(self) -> None:
         """Stop at once (no CloseStream); idempotent."""
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     # ------------------------------------------------------------------ connection loop
 
@@ -329,7 +329,7 @@ class DeepgramSession:
         except ConnectionClosed:
             pass
         code = ws.close_code
-        if self._closing and code == 1000:
+        if self._closing and code == CloseCode.NORMAL_CLOSURE:
             return
         reason = ws.close_reason or ""
         raise _Dropped(f"closed {code} {reason[:40]}".strip())

@@ -7,7 +7,7 @@ import importlib.util
 from services.transcriber.deepgram import DeepgramEngine
 from services.transcriber.engine import AsrEngine
 from shared.errors import AsrError
-from shared.settings import TranscriberSettings
+from shared.settings import AsrEngineName, TranscriberSettings
 
 
 def make_engine(settings: TranscriberSettings) -> AsrEngine:
@@ -17,7 +17,7 @@ def make_engine(settings: TranscriberSettings) -> AsrEngine:
         AsrError: ``retryable=False``: whisper was asked for but faster-whisper is not
             installed (install it with ``pip install .[whisper]``).
     """
-    if settings.asr_engine == "deepgram":
+    if settings.asr_engine is AsrEngineName.DEEPGRAM:
         return DeepgramEngine(settings)
     if importlib.util.find_spec("faster_whisper") is None:
         raise AsrError(

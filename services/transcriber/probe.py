@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, WebSocketExce
 
 from services.transcriber.dgproto import build_url
 from shared.errors import ConfigError
-from shared.settings import TranscriberSettings
+from shared.settings import AsrEngineName, TranscriberSettings
 from shared.startup import redact_url
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def check_key(settings: TranscriberSettings) -> None:
         ConfigError: the engine is deepgram and ``DEEPGRAM_API_KEY`` is unset or empty.
     """
     key = settings.deepgram_api_key.get_secret_value() if settings.deepgram_api_key else ""
-    if settings.asr_engine == "deepgram" and not key:
+    if settings.asr_engine is AsrEngineName.DEEPGRAM and not key:
         raise ConfigError(
             "ASR_ENGINE=deepgram needs DEEPGRAM_API_KEY (or set ASR_ENGINE=whisper for the "
             "embedded engine)"

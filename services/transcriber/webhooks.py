@@ -37,8 +37,10 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from shared import keys
+from shared.aio import retry
 from shared.history import summarize
 from shared.redisconn import as_text
+from shared.replies import StreamEntry, StreamFields, autoclaimed, batches, entries
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.schema import CallMeta, TranscriptEvent
 from shared.settings import TranscriberSettings
@@ -110,15 +112,15 @@ class Notifier:
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
         backoff = Backoff()
         async with aiohttp.ClientSession(timeout=timeout) as http, asyncio.TaskGroup() as tg:
+
+            async def one_round() -> None:
+                await self._ensure_group()
+                for entry_id, fields in await self._next_entries():
+                    await self._slots.acquire()
+                    tg.create_task(self._deliver(http, as_text(entry_id), fields))
+
             while True:
-                try:
-                    await self._ensure_group()
-                    for entry_id, fields in await self._next_entries():
-                        await self._slots.acquire()
-                        tg.create_task(self._deliver(http, as_text(entry_id), fields))
-                    backoff.reset()
-                except REDIS_FAILURES as exc:
-                    await backoff.retry_after(exc, log, "redis unavailable", loop="webhooks")
+                await retry(one_round, log, "redis unavailable", backoff=backoff, loop="webhooks")
 
     async def _ensure_group(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
@@ -126,25 +128,25 @@ class Notifier:
                 self.redis.xgroup_create(keys.WEBHOOKS, keys.WEBHOOKS_GROUP, "0", mkstream=True)
             )
 
-    async def _next_entries(self) -> list[tuple[Any, dict[Any, Any]]]:
+    async def _next_entries(self) -> list[StreamEntry]:
         consumer = self.settings.consumer
         claimed = await cmd(
             self.redis.xautoclaim(
                 keys.WEBHOOKS, keys.WEBHOOKS_GROUP, consumer, CLAIM_IDLE_MS, "0-0", count=16
             )
         )
-        entries: list[tuple[Any, dict[Any, Any]]] = [e for e in claimed[1] if e and e[1]]
-        if entries:
-            return entries
+        stale = [(entry_id, f) for entry_id, f in autoclaimed(claimed) if f]
+        if stale:
+            return stale
         reply = await cmd(
             self.redis.xreadgroup(
                 keys.WEBHOOKS_GROUP, consumer, {keys.WEBHOOKS: ">"}, count=16, block=1000
             )
         )
-        return [e for _, batch in reply or [] for e in batch]
+        return [e for _, batch in batches(reply) for e in batch]
 
     async def _deliver(
-        self, http: aiohttp.ClientSession, entry_id: str, raw: dict[Any, Any]
+        self, http: aiohttp.ClientSession, entry_id: str, raw: StreamFields
     ) -> None:
         try:
             fields = {as_text(k): as_text(v) for k, v in raw.items()}
@@ -169,7 +171,7 @@ class Notifier:
         if event == "final" and f.get("payload"):
             body["final"] = json.loads(f["payload"])
         if event == "call_ended":
-            for entry_id, entry in await cmd(self.redis.xrange(keys.transcript(sid))):
+            for entry_id, entry in entries(await cmd(self.redis.xrange(keys.transcript(sid)))):
                 with contextlib.suppress(ValueError):
                     finals.append(
                         TranscriptEvent.from_history(entry_id, entry).model_dump(mode="json")

@@ -13,6 +13,7 @@ awaits the subclass's handling of the resulting events on the loop. A subclass i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from services.transcriber.engine import CallAudio
+from shared.aio import cancel_and_wait
 from shared.audio import BYTES_PER_MS, deinterleave, ulaw_to_float32
 from shared.errors import AsrError, CallscribeError
 
@@ -196,15 +198,9 @@ class FrameFeed:
         self._closed = True
         task = self._task
         if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-            except Exception:  # reported by _raise_if_failed; the close line below still logs
-                pass
+            # its failure is reported by _raise_if_failed; the close line below still logs
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(task)
         self._discard()
         self._room.set()
         self._idle.set()

@@ -27,6 +27,7 @@ import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+from redis.typing import KeyT, StreamIdT
 
 from services.transcriber.call import CallPipeline
 from services.transcriber.engine import AsrEngine
@@ -35,7 +36,9 @@ from services.transcriber.metrics import TranscriberMetrics
 from services.transcriber.queueing import Saturation, set_status
 from shared import keys
 from shared.redisconn import as_text
+from shared.replies import batches, pending_ids
 from shared.retry import REDIS_FAILURES, Backoff, cmd
+from shared.schema import CallStatus
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
@@ -134,22 +137,22 @@ class Worker:
             async with asyncio.timeout(1.0):
                 # before the jobs can be claimed, so a new owner's "live" cannot come first
                 live = [
-                    c.meta for c in calls if c.meta and c.meta.status == "live" and not c.ending
+                    c.meta for c in calls if c.meta and c.meta.status is CallStatus.LIVE and not c.ending
                 ]
                 with contextlib.suppress(*REDIS_FAILURES):  # the hand-over matters more
-                    await set_status(self.redis, live, "queued")
+                    await set_status(self.redis, live, CallStatus.QUEUED)
                 await cmd(
                     self.redis.xclaim(
                         keys.JOBS,
                         keys.JOBS_GROUP,
                         self.consumer,
                         min_idle_time=0,
-                        message_ids=job_ids,
+                        message_ids=[*job_ids],
                         idle=self.settings.claim_idle_ms,
                         justid=True,
                     )
                 )
-        except (*REDIS_FAILURES, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:  # TimeoutError is an OSError, so among them
             log.warning(
                 "hand-over failed: calls wait for claim_idle_ms",
                 extra={"consumer": self.consumer, "error": exc.__class__.__name__},
@@ -200,18 +203,20 @@ class Worker:
                 for job_id, fields in claimed:
                     await self._take(job_id, fields, reclaimed=True)
                 if (free := self._free()) > 0:
-                    resp = await cmd(
-                        self.redis.xreadgroup(
-                            keys.JOBS_GROUP,
-                            self.consumer,
-                            {keys.JOBS: ">"},
-                            count=free,
-                            block=block_ms,
+                    resp = batches(
+                        await cmd(
+                            self.redis.xreadgroup(
+                                keys.JOBS_GROUP,
+                                self.consumer,
+                                {keys.JOBS: ">"},
+                                count=free,
+                                block=block_ms,
+                            )
                         )
                     )
-                    if sum(len(entries) for _, entries in resp or []) < free:
+                    if sum(len(entries) for _, entries in resp) < free:
                         self.saturation.drained()
-                    for _stream, entries in resp or []:
+                    for _stream, entries in resp:
                         for job_id, fields in entries:
                             await self._take(job_id, fields, reclaimed=False)
                 backoff.reset()
@@ -319,7 +324,7 @@ class Worker:
                 consumername=self.consumer,
             )
         )
-        mine = {as_text(p["message_id"]) for p in pending}
+        mine = {as_text(jid) for jid in pending_ids(pending)}
         keep = [jid for jid in owned if jid in mine]
         if keep:
             await cmd(
@@ -330,7 +335,7 @@ class Worker:
                     # not 0: a job another worker claimed since our XPENDING has idle ~0, and
                     # re-claiming it would make both serve the call; ours idle ~lease_renew_s
                     min_idle_time=int(self.settings.lease_renew_s * 500),
-                    message_ids=keep,
+                    message_ids=[*keep],
                     justid=True,
                 )
             )
@@ -348,7 +353,7 @@ class Worker:
         block_ms = self.settings.read_block_ms
         loop = asyncio.get_running_loop()
         while True:
-            streams = {
+            streams: dict[KeyT, StreamIdT] = {
                 keys.audio(sid): c.last_id
                 for sid, c in self.calls.items()
                 if c.wants_audio(READ_COUNT)
@@ -361,12 +366,14 @@ class Worker:
                 continue
             started = loop.time()
             try:
-                resp = await cmd(self.redis.xread(streams, count=READ_COUNT, block=block_ms))
+                resp = batches(
+                    await cmd(self.redis.xread(streams, count=READ_COUNT, block=block_ms))
+                )
                 backoff.reset()
             except REDIS_FAILURES as exc:
                 await backoff.retry_after(exc, log, "redis unavailable", loop="audio")
                 continue
-            for stream, entries in resp or []:
+            for stream, entries in resp:
                 sid = as_text(stream).split("{", 1)[1].split("}", 1)[0]
                 call = self.calls.get(sid)
                 if call is None or call.last_id != streams.get(as_text(stream)):

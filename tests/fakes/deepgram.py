@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from tests.fakes.load_recogniser import LoadRecogniser, LoadScript, Result
@@ -245,13 +246,13 @@ class _Session:
                 async with asyncio.timeout(self.fake.idle_timeout_s):
                     msg = await self.ws.recv()
             except TimeoutError:
-                await self._close(1011, "NET-0001")
+                await self._close(CloseCode.INTERNAL_ERROR, "NET-0001")
                 return
             if isinstance(msg, bytes) and self.load is not None:
                 if not msg:  # the deprecated close: flush, Metadata, close
                     await self._load_send(self.load.flush())
                     await self.ws.send(json.dumps(self._metadata()))
-                    await self._close(1000, "")
+                    await self._close(CloseCode.NORMAL_CLOSURE, "")
                     return
                 self.record.audio_bytes += len(msg)
                 await self._load_send(self.load.audio(msg))
@@ -260,7 +261,7 @@ class _Session:
             if isinstance(msg, bytes):
                 await self._audio(msg)
                 if self.drop_after_s is not None and self.pos_s >= self.drop_after_s:
-                    await self._close(1011, "NET-0001 dropped by fault injection")
+                    await self._close(CloseCode.INTERNAL_ERROR, "NET-0001 dropped by fault injection")
                     return
                 continue
             kind = json.loads(msg).get("type", "")
@@ -270,12 +271,12 @@ class _Session:
             elif kind == "CloseStream" and self.load is not None:
                 await self._load_send(self.load.flush())
                 await self.ws.send(json.dumps(self._metadata()))
-                await self._close(1000, "")
+                await self._close(CloseCode.NORMAL_CLOSURE, "")
                 return
             elif kind == "CloseStream":
                 await self._flush(from_finalize=False)
                 await self.ws.send(json.dumps(self._metadata()))
-                await self._close(1000, "")
+                await self._close(CloseCode.NORMAL_CLOSURE, "")
                 return
 
     async def _load_send(self, results: list[Result]) -> None:
@@ -290,7 +291,7 @@ class _Session:
         self.record.finals = self.load.finals
         self.record.interims = self.load.interims
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: CloseCode, reason: str) -> None:
         """Close, reading what the client still sends so its close frame is seen."""
 
         async def drain() -> None:

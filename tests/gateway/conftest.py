@@ -15,7 +15,15 @@ from websockets.asyncio.client import ClientConnection
 
 from services.gateway.app import run
 from shared import keys
-from shared.schema import CallEnded, CallMeta, CallStarted, EndEvent, TranscriptEvent, Word
+from shared.schema import (
+    CallEnded,
+    CallMeta,
+    CallStarted,
+    CallStatus,
+    EndEvent,
+    TranscriptEvent,
+    Word,
+)
 from shared.settings import GatewaySettings
 
 WAIT_S = 5.0
@@ -131,7 +139,7 @@ class FakeTranscriber:
     async def end(self) -> None:
         """Mark ended, SREM active, PUBLISH end and call_ended."""
         ended = self.meta.model_copy(
-            update={"status": "ended", "ended_at": self.meta.started_at + 1}
+            update={"status": CallStatus.ENDED, "ended_at": self.meta.started_at + 1}
         )
         await self.r.hset(keys.meta(self.sid), mapping=ended.to_redis())
         await self.r.srem(keys.ACTIVE_CALLS, self.sid)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from websockets.frames import CloseCode
 
-from services.gateway.outbox import CLOSE_TRY_LATER, Outbox
+from services.gateway.outbox import Outbox
 
 
-def test_full_queue_drops_oldest_interim_first() -> None:
+async def test_full_queue_drops_oldest_interim_first() -> None:
     """when full, the oldest queued interim is evicted to make room, and counted."""
     box = Outbox(3)
     box.put("i1", droppable=True)
@@ -18,7 +19,15 @@ def test_full_queue_drops_oldest_interim_first() -> None:
     assert box.put("f2")
     assert box.put("f3")
     assert box.dropped == 2 and box.closing is None
-    assert [t for t, _ in box._queue] == ["f1", "f2", "f3"]
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    box.close(CloseCode.NORMAL_CLOSURE, "call ended", drain=True)  # what is left goes out
+    async with asyncio.timeout(1):
+        await box.pump(send, 1.0)
+    assert sent == ["f1", "f2", "f3"]
 
 
 def test_interim_into_queue_full_of_finals_is_dropped() -> None:
@@ -37,7 +46,7 @@ def test_final_overflow_closes_1013_never_drops_silently() -> None:
     box.put("f2")
     assert box.put("f3") is False
     assert box.closing is not None
-    assert box.closing.code == CLOSE_TRY_LATER and "since" in box.closing.reason
+    assert box.closing.code == CloseCode.TRY_AGAIN_LATER and "since" in box.closing.reason
     assert box.put("f4") is False
 
 
@@ -51,7 +60,7 @@ async def test_pump_sends_in_order_and_drains_before_close() -> None:
 
     for text in ("a", "b", "c"):
         box.put(text)
-    box.close(1000, "call ended", drain=True)
+    box.close(CloseCode.NORMAL_CLOSURE, "call ended", drain=True)
     async with asyncio.timeout(1):
         await box.pump(send, 1.0)
     assert sent == ["a", "b", "c"]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from callscribe.twilio_messages import SimCall, twilio_messages
-from services.ingest.twilio import CallEnd, CallStart, TwilioStream
+from services.ingest.twilio import CallEnd, CallStart, Phase, TwilioStream
 from shared.errors import TwilioMessageError
 from shared.schema import AudioFrame
 
@@ -66,7 +66,7 @@ def test_start_builds_meta_with_from_to_and_inbound_first() -> None:
     assert (meta.from_, meta.to) == ("+15550001", "+15550002")
     assert meta.custom_parameters == {"Direction": "in"}
     assert meta.tracks == ["inbound", "outbound"] and meta.channels == 2
-    assert s.phase == "started"
+    assert s.phase is Phase.STARTED
 
 
 def test_unsupported_media_format_is_fatal_and_does_not_start() -> None:
@@ -74,7 +74,7 @@ def test_unsupported_media_format_is_fatal_and_does_not_start() -> None:
     s = new_stream()
     assert code_of(s, start_msg(encoding="audio/l16")) == "unsupported_media_format"
     assert code_of(s, start_msg(sampleRate=16000)) == "unsupported_media_format"
-    assert s.phase == "open" and s.meta is None
+    assert s.phase is Phase.OPEN and s.meta is None
 
 
 def test_media_before_start_and_second_start_are_refused() -> None:

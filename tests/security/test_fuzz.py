@@ -9,7 +9,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.gateway.auth import Grant
+from services.gateway.auth import Grant, Scope
 from services.ingest.twilio import TwilioStream
 from shared.errors import ClientMessageError, TwilioMessageError
 from shared.schema import CallMeta, parse_client
@@ -67,7 +67,7 @@ def test_a_grant_never_shows_a_call_outside_its_scope(
     scope: str, numbers: frozenset[str], sid: str, history: bool, frm: str, to: str, status: str
 ) -> None:
     """Whatever the claims and the call, a grant sees a call only when the scope says so."""
-    grant = Grant(subject="t", scope=scope, numbers=numbers, call_sid="CA1", history=history)  # type: ignore[arg-type]
+    grant = Grant(subject="t", scope=Scope(scope), numbers=numbers, call_sid="CA1", history=history)
     meta = CallMeta(call_sid=sid, status=status, to=to, **{"from": frm})  # type: ignore[arg-type]
     seen = grant.sees(meta)
     if status == "ended" and not history:

@@ -184,7 +184,7 @@ async def test_jwks_tokens_from_an_identity_provider(secure_gateway) -> None:
     good = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
     wrong = jwt.encode(claims, other, algorithm="RS256", headers={"kid": "k1"})
     try:
-        jwks_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/jwks"  # type: ignore[union-attr]
+        jwks_url = f"http://127.0.0.1:{runner.addresses[0][1]}/jwks"
         async with (
             secure_gateway(jwt_secret=None, jwks_url=jwks_url) as port,
             httpx.AsyncClient(timeout=WAIT_S) as http,

@@ -22,7 +22,9 @@ def settings(**overrides: object) -> TranscriberSettings:
         "max_retries": 3,
         "final_timeout_s": 5.0,
         "read_block_ms": 50,
-        "claim_idle_ms": 400,
+        # ten lease periods: a live worker's jobs are never idle that long even when a loaded
+        # machine delays its lease loop; dead workers' jobs are still taken over within 1 s
+        "claim_idle_ms": 1000,
         "lease_renew_s": 0.1,
         "max_calls": 4,
         "consumer": "w-test",

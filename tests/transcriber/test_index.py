@@ -6,11 +6,11 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from services.transcriber.call import CallPipeline
 from shared import keys
 from shared.errors import AsrError
 from shared.schema import CallMeta, TranscriptEvent
 from tests.transcriber.dgutil import settings
+from tests.transcriber.scripted import serve_call
 
 SID = "CA00000000000000000000000000000078"
 
@@ -22,19 +22,17 @@ async def test_finals_and_the_end_land_in_the_index_with_the_failure(
     meta `failure` = asr_failed when recognition failed (also in call_ended)."""
     meta = CallMeta(call_sid=SID, started_at=1_800_000_000.5, **{"from": "+15550001111"})
     await redis.hset(keys.meta(SID), mapping=meta.to_redis())
-    call = CallPipeline(SID, "1-0", redis, None, settings(), asyncio.Event())  # type: ignore[arg-type]
-    call.meta = meta
     final = TranscriptEvent(
         call_sid=SID, segment=0, channel=0, speaker="caller", is_final=True,
         start=0.5, end=2.0, text="Thursday at three works, THURSDAY!",
     )  # fmt: skip
     events = redis.pubsub()
     await events.subscribe(keys.CALL_EVENTS)
-    await call._on_result(final)
+    refused = AsrError("refused", retryable=False)  # after the final: recognition failed
+    await serve_call(redis, SID, [final], settings(), fail_with=refused)
     assert await redis.zscore(keys.word("thursday"), SID) == meta.started_at
     assert await redis.zscore(keys.word("works"), SID) == meta.started_at
     assert 0 < await redis.ttl(keys.word("three")) <= settings().retention_s
-    await call._end(AsrError("refused", retryable=False))
     assert await redis.zscore(keys.RECENT_CALLS, SID) == meta.started_at
     assert await redis.hget(keys.meta(SID), "failure") == b"asr_failed"
     async with asyncio.timeout(5):

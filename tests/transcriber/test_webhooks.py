@@ -10,11 +10,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from services.transcriber.call import CallPipeline
 from services.transcriber.webhooks import Notifier, verify
 from shared import keys
 from shared.schema import CallMeta, TranscriptEvent
 from tests.transcriber.dgutil import settings
+from tests.transcriber.scripted import serve_call
 
 SID = "CA00000000000000000000000000000079"
 SECRET = "s3cret"
@@ -56,20 +56,17 @@ async def test_call_started_final_and_call_ended_are_delivered_signed_after_a_re
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+    host, port = runner.addresses[0]
+    url = f"http://{host}:{port}/hook"
     cfg = settings(webhook_urls=url, webhook_secret=SECRET, webhook_finals=True, consumer="n1")
     meta = CallMeta(call_sid=SID, started_at=time.time() - 10, **{"from": "+15550001111"})
     await redis.hset(keys.meta(SID), mapping=meta.to_redis())
     await redis.sadd(keys.ACTIVE_CALLS, SID)
-    call = CallPipeline(SID, "1-0", redis, None, cfg, asyncio.Event())  # type: ignore[arg-type]
-    assert await call._prepare() == "serve"
-    await call._on_result(
-        TranscriptEvent(
-            call_sid=SID, segment=0, channel=0, speaker="caller", is_final=True,
-            start=0.5, end=2.0, text="Thursday at three works.",
-        )
+    final = TranscriptEvent(
+        call_sid=SID, segment=0, channel=0, speaker="caller", is_final=True,
+        start=0.5, end=2.0, text="Thursday at three works.",
     )  # fmt: skip
-    await call._end(None)
+    await serve_call(redis, SID, [final], cfg)
     notifier = asyncio.create_task(Notifier(cfg, redis).run())
     try:
         async with asyncio.timeout(20):

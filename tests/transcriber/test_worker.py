@@ -343,21 +343,12 @@ async def test_stale_job_behind_many_live_ones_is_taken_over(
     await redis.xgroup_create(keys.JOBS, keys.JOBS_GROUP, id="0", mkstream=True)
     ids = [await redis.xadd(keys.JOBS, {"call_sid": sid_of(100 + n)}) for n in range(13)]
     await redis.xreadgroup(keys.JOBS_GROUP, "live", {keys.JOBS: ">"}, count=13)
-    await asyncio.sleep(0.35)  # all idle past claim_idle_ms ...
-
-    async def renew() -> None:  # ... then a live worker keeps renewing the first twelve
-        while True:
-            await redis.xclaim(keys.JOBS, keys.JOBS_GROUP, "live", 0, ids[:12], justid=True)
-            await asyncio.sleep(0.05)
-
-    renewer = asyncio.create_task(renew())
-    try:
-        await asyncio.sleep(0.06)
-        async with worker(redis_url, "ws://127.0.0.1:9/v1/listen", max_calls=1, claim_idle_ms=300):
-            # the stale job names a call without metadata: the worker retires it at once
-            await until(lambda: _job_gone(redis, ids[12]))
-    finally:
-        renewer.cancel()
+    # the last job's worker died ten minutes ago (XCLAIM ... IDLE sets its idle time); the first
+    # twelve were just read, so they stay fresh for the whole test against a one-minute claim_idle_ms
+    await redis.xclaim(keys.JOBS, keys.JOBS_GROUP, "live", 0, [ids[12]], idle=600_000, justid=True)
+    async with worker(redis_url, "ws://127.0.0.1:9/v1/listen", max_calls=1, claim_idle_ms=60_000):
+        # the stale job names a call without metadata: the worker retires it at once
+        await until(lambda: _job_gone(redis, ids[12]))
     assert len(await redis.xrange(keys.JOBS)) == 12
 
 
@@ -413,29 +404,41 @@ async def test_lease_renewal_does_not_steal_back_a_job_claimed_meanwhile(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
     """A job another worker claimed between our XPENDING and our XCLAIM stays with that worker."""
-    s = settings(redis_url=redis_url, consumer="a", lease_renew_s=0.5)
+    # long lease and claim periods: only the renewal at the lease loop's start runs, and no
+    # job turns idle enough to be claimed by age however slow the machine is
+    s = settings(redis_url=redis_url, consumer="a", lease_renew_s=60.0, claim_idle_ms=600_000)
     await redis.xgroup_create(keys.JOBS, keys.JOBS_GROUP, id="0", mkstream=True)
     job = (await redis.xadd(keys.JOBS, {"call_sid": sid_of(90)})).decode()
     await redis.xreadgroup(keys.JOBS_GROUP, "a", {keys.JOBS: ">"})
-    w = Worker(s, redis, DeepgramEngine(s))
-    w.calls[sid_of(90)] = CallPipeline(sid_of(90), job, redis, w.engine, s, asyncio.Event())
     pending_of_a = await redis.xpending_range(
         keys.JOBS, keys.JOBS_GROUP, "-", "+", 10, consumername="a"
     )
-    await asyncio.sleep(0.3)  # our renewal is late ...
-    await redis.xclaim(keys.JOBS, keys.JOBS_GROUP, "b", 0, [job], justid=True)  # ... b took it
+    await redis.xclaim(keys.JOBS, keys.JOBS_GROUP, "b", 0, [job], justid=True)  # b took it
 
     async def stale_xpending(*args: object, **kwargs: object) -> object:
         return pending_of_a  # what XPENDING said just before b's claim
 
-    w.redis = connect(redis_url)
+    own = connect(redis_url)
+    own.xpending_range = stale_xpending  # type: ignore[method-assign]
+    w = Worker(s, own, DeepgramEngine(s))
+    w.calls[sid_of(90)] = CallPipeline(sid_of(90), job, own, w.engine, s, asyncio.Event())
+    stop = asyncio.Event()
+    serving = asyncio.create_task(w.run(stop))
     try:
-        w.redis.xpending_range = stale_xpending  # type: ignore[method-assign]
-        await w._renew()
+        # the lease loop renews first, then writes the health key
+        await until(lambda: _exists(redis, keys.worker("a")))
+        [entry] = await redis.xpending_range(keys.JOBS, keys.JOBS_GROUP, "-", "+", 10)
     finally:
-        await w.redis.aclose()
-    [entry] = await redis.xpending_range(keys.JOBS, keys.JOBS_GROUP, "-", "+", 10)
+        stop.set()
+        async with asyncio.timeout(WAIT_S):
+            await serving
+        await own.aclose()
     assert entry["consumer"] == b"b"
+
+
+async def _exists(redis: aioredis.Redis, key: str) -> bool:
+    """True when ``key`` exists."""
+    return bool(await redis.exists(key))
 
 
 async def test_stopped_worker_hands_its_call_over_at_once(
