@@ -33,6 +33,7 @@ from services.transcriber.engine import AsrEngine
 from services.transcriber.live import LivePublisher
 from services.transcriber.metrics import TranscriberMetrics
 from services.transcriber.queueing import Saturation, set_status
+from services.transcriber.recovery import audit, restore
 from shared import keys
 from shared.redisconn import as_text
 from shared.retry import REDIS_FAILURES, Backoff, cmd
@@ -53,8 +54,6 @@ call's frames of the last 20 ms, at the cost of at most 20 ms of latency."""
 def health_ttl_ms(settings: TranscriberSettings) -> int:
     """TTL of the health key: three lease periods, at least one second."""
     return max(1000, int(settings.lease_renew_s * 3000))
-
-
 
 
 class Worker:
@@ -334,12 +333,16 @@ class Worker:
                     justid=True,
                 )
             )
-        for jid, call in owned.items():
-            if jid not in mine and not call.ended:
-                log.warning("call lost to another worker", extra={"call_sid": call.sid, "job": jid})
-                task = self._tasks.get(call.sid)
-                if task is not None:
-                    task.cancel()
+        taken, vanished = await audit(self.redis, owned, mine)
+        for call in taken:
+            log.warning(
+                "call lost to another worker", extra={"call_sid": call.sid, "job": call.job_id}
+            )
+            task = self._tasks.get(call.sid)
+            if task is not None:
+                task.cancel()
+        for call in vanished:  # Redis lost them (restarted without persistence): rebuild
+            await restore(self.redis, call, self.consumer)
 
     # ------------------------------------------------------------------ audio
 
