@@ -56,6 +56,8 @@ def health_ttl_ms(settings: TranscriberSettings) -> int:
     return max(1000, int(settings.lease_renew_s * 3000))
 
 
+
+
 class Worker:
     """One consumer in the ``transcribers`` group; :meth:`run` serves until ``stop`` is set."""
 
