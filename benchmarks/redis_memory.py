@@ -12,10 +12,14 @@ Starts redis-server, the fake Deepgram in load mode (a word a second per channel
 * reads every call's audio stream with XREAD BLOCK as a transcriber does and records the wall
   time between consecutive frames arriving (what ``AUDIO_STALL_S`` must stay well above);
 
-then waits until every call has ended and its audio has expired (``AUDIO_REPLAY_S``) and samples
-``used_memory`` again: *ended* = what a call retained for ``RETENTION_S`` costs (meta,
-transcript, its share of the history and search index). Per-call figures are the differences
-from the idle server divided by the number of calls.
+then waits until every call has ended and its audio has expired (``AUDIO_REPLAY_S``; each
+expired key is touched so Redis reclaims it now rather than at its active expiry's pace) and
+samples ``used_memory`` again, deletes the calls' keys and index entries and samples it once
+more: *ended* = what the deletion freed per call, i.e. what a call retained for
+``RETENTION_S`` costs (meta, transcript, its share of the history and search index), without
+the client buffers and other fixed costs that the difference from the idle server includes.
+*Live* per call is both the ``used_memory`` difference from the idle server and the sum of
+``MEMORY USAGE`` of its keys; calls per GiB use the larger.
 
 Run: ``.venv/bin/python benchmarks/redis_memory.py --calls 100 --duration 60``.
 """
@@ -59,6 +63,18 @@ async def key_sizes(r: Any, sids: list[str]) -> dict[str, list[int]]:
                 out[name].append(int(size))
         out["audio_entries"].append(int(await r.xlen(keys.audio(sid))))
     return out
+
+
+async def drop_calls(r: Any, sids: list[str]) -> int:
+    """Delete the calls' keys and index entries (this run's are the only ones); ``used_memory``
+    after, so that what they held is measured without client buffers and other fixed costs."""
+    for sid in sids:
+        await r.delete(*keys.call_keys(sid))
+        await r.zrem(keys.RECENT_CALLS, sid)
+    words = [k async for k in r.scan_iter(match=keys.WORDS_PREFIX + "*")]
+    if words:
+        await r.delete(*words)
+    return await used_memory(r)
 
 
 class GapReader:
@@ -126,11 +142,19 @@ async def measure(args: argparse.Namespace, fleet: Fleet, redis_url: str) -> dic
         while await r.scard(keys.ACTIVE_CALLS) and loop.time() < deadline:  # noqa: ASYNC110 (polls Redis: no event to await)
             await asyncio.sleep(0.5)
         await asyncio.sleep(args.replay_s + 2.0)  # ended calls' audio expires
+        for c in calls:  # reclaim expired audio now (Redis's active expiry does it over time)
+            await r.exists(keys.audio(c.call_sid))
         ended = await used_memory(r)
         ended_sizes = await key_sizes(r, [c.call_sid for c in calls])
         index = sum([int(await r.memory_usage(k, samples=0) or 0)
                      async for k in r.scan_iter(match="cs:words:*")])  # fmt: skip
         index += int(await r.memory_usage(keys.RECENT_CALLS, samples=0) or 0)
+        left = [await r.ttl(keys.audio(c.call_sid)) for c in calls]
+        audio_left = {
+            "keys": sum(t != -2 for t in left),
+            "ttls": sorted(t for t in left if t != -2),
+        }
+        freed = ended - await drop_calls(r, [c.call_sid for c in calls])
     finally:
         for t in tasks:
             t.cancel()
@@ -138,6 +162,7 @@ async def measure(args: argparse.Namespace, fleet: Fleet, redis_url: str) -> dic
         await reader.r.aclose()
         await r.aclose()
     live = statistics.median(m for t, m in samples if lo <= t <= hi)
+    live_keys = sum(statistics.median(v) for k, v in sizes.items() if k != "audio_entries" and v)
     gaps = sorted(reader.gaps)
     n = args.calls
     per_live, per_ended = (live - idle) / n, (ended - idle) / n
@@ -148,11 +173,14 @@ async def measure(args: argparse.Namespace, fleet: Fleet, redis_url: str) -> dic
     return {
         "calls": n, "duration_s": args.duration, "errors": sum(1 for c in calls if c.error),
         "used_memory_idle": idle, "used_memory_live": live, "used_memory_ended": ended,
-        "per_live_call_bytes": per_live, "per_ended_call_bytes": per_ended,
-        "live_calls_per_gib": GIB / per_live, "ended_calls_per_gib": GIB / per_ended,
+        "per_live_call_bytes": per_live, "per_live_call_key_bytes": live_keys,
+        "per_ended_call_bytes": per_ended, "per_ended_call_freed_bytes": freed / n,
+        "live_calls_per_gib": GIB / max(per_live, live_keys),
+        "ended_calls_per_gib": GIB / (freed / n),
         "live_key_bytes": {k: med(v) for k, v in sizes.items()},
         "ended_key_bytes": {k: med(v) for k, v in ended_sizes.items()},
         "index_bytes_per_call": index / n,
+        "ended_audio_left": audio_left,
         "audio_gaps_s": {"frames": len(gaps), "p50": gaps[len(gaps) // 2] if gaps else None,
                          "p99.9": gaps[int(len(gaps) * 0.999)] if gaps else None,
                          "max": gaps[-1] if gaps else None},
@@ -181,8 +209,10 @@ def main() -> None:
             fleet.stop()
     print(json.dumps(out, indent=2))
     print(f"per live call {out['per_live_call_bytes'] / 1024:.0f} KiB "
-          f"({out['live_calls_per_gib']:.0f} per GiB); per ended call "
-          f"{out['per_ended_call_bytes'] / 1024:.1f} KiB ({out['ended_calls_per_gib']:.0f} per GiB); "
+          f"(its keys {out['per_live_call_key_bytes'] / 1024:.0f} KiB; "
+          f"{out['live_calls_per_gib']:.0f} per GiB); per ended call "
+          f"{out['per_ended_call_freed_bytes'] / 1024:.1f} KiB "
+          f"({out['ended_calls_per_gib']:.0f} per GiB); "
           f"audio gap max {out['audio_gaps_s']['max']:.3f} s", file=sys.stderr)  # fmt: skip
 
 
