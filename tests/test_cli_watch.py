@@ -250,5 +250,5 @@ async def test_watch_says_when_the_audio_stops_and_resumes(gateway_port: int, re
     await redis.publish(keys.live(SID), AudioResumed(call_sid=SID, at_s=80.0).to_json())
     assert "audio resumed at 01:20" in await _readline(proc.stdout)
     await _end_call(redis, meta)
-    out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    _out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
     assert proc.returncode == 0, err.decode()
