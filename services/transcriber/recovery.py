@@ -95,10 +95,10 @@ async def audit(
         job_exists = True if jid in pending else bool(replies.pop(0))
         if call.ended or call.ending:
             continue
-        if not has_meta or not job_exists:
-            vanished.append(call)
-        elif jid not in pending:
+        if job_exists and jid not in pending:
             taken.append(call)
+        elif not (has_meta and job_exists) and call.ready:
+            vanished.append(call)  # (before ready, the call's own start-up reads its meta)
     return taken, vanished
 
 
