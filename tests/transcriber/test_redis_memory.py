@@ -195,3 +195,35 @@ async def test_call_whose_keys_redis_lost_is_restored_and_ends_well(
     assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
     for key in await redis.keys(f"cs:{{{sid}}}:*"):
         assert await redis.ttl(key) > 0, key
+
+
+async def test_takeover_after_trimming_resumes_from_the_checkpoint(
+    redis_url: str, redis: aioredis.Redis, audio_dir: Path
+) -> None:
+    """With no replay slack (AUDIO_REPLAY_S=0) the stream starts at the checkpoint; a worker
+    dying there is taken over from it, and every final is stored exactly once."""
+    script, duration_s = dentist(audio_dir)
+    audio = call_audio(duration_s)
+    sid = sid_of(93)
+    events = redis.pubsub()
+    await events.subscribe(keys.CALL_EVENTS)
+    await add_call(redis, sid)
+    await add_ingest_audio(redis, sid, audio, from_s=0.0, to_s=20.0)
+    async with FakeDeepgram(script, reference=audio) as fake:
+        async with worker(redis_url, fake.url, consumer="a", audio_replay_s=0.0) as a:
+            async with asyncio.timeout(WAIT_S):
+                while True:  # trimmed up to a checkpoint past the first 100-entry node
+                    first = (await redis.xrange(keys.audio(sid), count=1))[0][0]
+                    if int(first.split(b"-")[0]) >= 10_000:
+                        break
+                    await redis.xread({keys.transcript(sid): "$"}, block=500)
+            a.cancel()  # dies without handing over
+        before = await history(redis, sid)
+        async with worker(redis_url, fake.url, consumer="b", audio_replay_s=0.0):
+            await add_ingest_audio(redis, sid, audio, from_s=20.0)
+            await wait_messages(events, {sid}, "call_ended")
+    await events.aclose()
+    finals = await history(redis, sid)
+    assert [(e.channel, e.text) for e in finals] == expected(script)
+    assert finals[: len(before)] == before
+    assert fake.connections[1].offset_s >= 10.0, "the new owner resumed at the checkpoint"
