@@ -76,6 +76,7 @@ class Worker:
         self._tg: asyncio.TaskGroup | None = None
         self.served = 0
         self.heartbeat_at: float | None = None  # monotonic time of the last health key write
+        self.redis_ok = True  # False from a failed lease round until the next one succeeds
         self.health: dict[str, bool] = {"asr_ok": True}  # the start-up probe's verdict (probe.py)
         self.saturation = Saturation(self.consumer, settings.max_calls)
         self.metrics = TranscriberMetrics(self)
@@ -300,9 +301,11 @@ class Worker:
                     )
                 )
                 self.heartbeat_at = time.monotonic()
+                self.redis_ok = True
                 backoff.reset()
                 await asyncio.sleep(self.settings.lease_renew_s)
             except REDIS_FAILURES as exc:
+                self.redis_ok = False
                 await backoff.retry_after(exc, log, "redis unavailable", loop="lease")
 
     async def _renew(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import redis.asyncio as aioredis
 
 from services.transcriber.retention import trim_floor
@@ -12,7 +13,9 @@ from services.transcriber.stall import AudioWatch, Stillness
 from shared import keys
 from shared.schema import AudioFrame
 from tests.fakes.deepgram import FakeDeepgram
+from tests.redis_server import RedisServer
 from tests.transcriber.dgutil import call_audio, dentist, frames
+from tests.transcriber.test_metrics import worker_on_port
 from tests.transcriber.test_worker import (
     WAIT_S,
     add_audio,
@@ -227,3 +230,30 @@ async def test_takeover_after_trimming_resumes_from_the_checkpoint(
     assert [(e.channel, e.text) for e in finals] == expected(script)
     assert finals[: len(before)] == before
     assert fake.connections[1].offset_s >= 10.0, "the new owner resumed at the checkpoint"
+
+
+async def test_worker_health_reports_a_redis_outage_while_it_lasts(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """/healthz answers 503 redis_unavailable from the first lease round Redis misses, 200 again
+    once it is back (a brief restart included, which three lease periods would not show)."""
+    async with worker_on_port(redis_url, "ws://127.0.0.1:9/v1/listen", lease_renew_s=0.1) as port:
+        url = f"http://127.0.0.1:{port}/healthz"
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            await until_status(client, url, 200)
+            redis_server.kill()
+            try:
+                body = await until_status(client, url, 503)
+            finally:
+                redis_server.start()
+            assert body["status"] == "redis_unavailable"
+            await until_status(client, url, 200)
+
+
+async def until_status(client: httpx.AsyncClient, url: str, status: int) -> dict[str, object]:
+    """GET ``url`` every 20 ms until it answers ``status``; its JSON body."""
+    async with asyncio.timeout(WAIT_S):
+        while (resp := await client.get(url)).status_code != status:  # noqa: ASYNC110 (polls an HTTP endpoint: no event to await)
+            await asyncio.sleep(0.02)
+    body: dict[str, object] = resp.json()
+    return body
