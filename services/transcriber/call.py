@@ -193,9 +193,9 @@ class CallPipeline:
 
     def _say(self, event: AudioStopped | AudioResumed) -> None:
         """Publish an audio status event on the call's live channel, and log it once."""
-        log.warning(
-            event.type.replace("_", " "),
-            extra={"call_sid": self.sid, "at_s": event.at_s},
+        level = logging.WARNING if isinstance(event, AudioStopped) else logging.INFO
+        log.log(
+            level, event.type.replace("_", " "), extra={"call_sid": self.sid, "at_s": event.at_s}
         )
         self.live.publish(keys.live(self.sid), event.to_json())
 
