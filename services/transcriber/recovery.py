@@ -112,7 +112,7 @@ async def restore(redis: aioredis.Redis, call: CallPipeline, consumer: str) -> N
     job_id = call.job_id
     if not await cmd(redis.xrange(keys.JOBS, job_id, job_id, count=1)):
         new_id = await cmd(
-            redis.eval(_NEW_JOB, 1, keys.JOBS, keys.JOBS_GROUP, consumer, call.sid)  # type: ignore[misc]
+            redis.eval(_NEW_JOB, 1, keys.JOBS, keys.JOBS_GROUP, consumer, call.sid)
         )
         job_id = as_text(new_id)
     meta = (call.meta or CallMeta(call_sid=call.sid)).model_copy(update={"status": "live"})
