@@ -78,6 +78,13 @@ class WatchOptions:
     token: str | None = None
 
 
+def _clock(seconds: object) -> str:
+    """Call seconds as ``mm:ss`` (``?`` when not a number)."""
+    if not isinstance(seconds, int | float):
+        return "?"
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+
+
 def v1_url(url: str) -> str:
     """``ws://h:8080`` or ``ws://h:8080/`` → ``ws://h:8080/v1/ws``; a URL with a path is kept.
 
@@ -280,6 +287,14 @@ class Watcher:
                     st.grace_deadline = asyncio.get_running_loop().time() + self.options.end_grace_s
             return False
         if kind == "subscribed":
+            return False
+        if kind in ("audio_stopped", "audio_resumed") and message.get("call_sid") == st.target:
+            at = _clock(message.get("at_s"))
+            self.renderer.note(
+                f"audio stopped at {at}: no sound for {message.get('idle_s')} s (the call may have dropped)"
+                if kind == "audio_stopped"
+                else f"audio resumed at {at}"
+            )
             return False
         if kind == "error":
             code, text = message.get("code", "error"), message.get("message", "")

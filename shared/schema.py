@@ -6,8 +6,8 @@ Three families:
   Source: https://www.twilio.com/docs/voice/media-streams/websocket-messages. Numeric fields
   (``sequenceNumber``, ``chunk``, ``timestamp``) arrive as strings; the models turn them into ints.
 * Our events (what the transcriber publishes and the gateway forwards), dispatched on ``type``:
-  ``transcript``, ``call_started``, ``call_updated``, ``call_ended``, ``end``, ``error``
-  (docs/protocol.md, "Events").
+  ``transcript``, ``call_started``, ``call_updated``, ``call_ended``, ``end``, ``error``,
+  ``audio_stopped``, ``audio_resumed`` (docs/protocol.md, "Events").
 * The ``/v1/ws`` client protocol (what a gateway client sends), dispatched on ``type``
   (docs/protocol.md, "WebSocket /v1/ws").
 
@@ -475,7 +475,33 @@ class ErrorEvent(_Event):
     call_sid: str | None = None
 
 
-LiveEvent = Annotated[TranscriptEvent | EndEvent, Field(discriminator="type")]
+class AudioStopped(_Event):
+    """On ``cs:{sid}:live``: nothing new reached the call's audio stream for ``idle_s`` seconds.
+
+    Twilio sends packets through silence, so a few seconds without audio means the stream is in
+    trouble (its ingest died, or Twilio stopped sending). ``at_s``: call seconds where the audio
+    stopped. The call is ended after ``AUDIO_IDLE_S`` without audio, unless ``audio_resumed``
+    comes first.
+    """
+
+    type: Literal["audio_stopped"] = "audio_stopped"
+    call_sid: str
+    at_s: float
+    idle_s: float
+
+
+class AudioResumed(_Event):
+    """On ``cs:{sid}:live``: audio reaches the call again after an ``audio_stopped``;
+    ``at_s``: call seconds where it resumed."""
+
+    type: Literal["audio_resumed"] = "audio_resumed"
+    call_sid: str
+    at_s: float
+
+
+LiveEvent = Annotated[
+    TranscriptEvent | EndEvent | AudioStopped | AudioResumed, Field(discriminator="type")
+]
 live_event_adapter: TypeAdapter[LiveEvent] = TypeAdapter(LiveEvent)
 CallEvent = Annotated[CallStarted | CallUpdated | CallEnded, Field(discriminator="type")]
 call_event_adapter: TypeAdapter[CallEvent] = TypeAdapter(CallEvent)

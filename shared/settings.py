@@ -40,9 +40,9 @@ class CommonSettings(BaseSettings):
         default=24 * 3600, gt=0, description="How long an ended call's keys are kept"
     )
     audio_maxlen: int = Field(
-        default=36_000,
+        default=3_000,
         gt=0,
-        description="MAXLEN of a call's audio stream (entries; 1 h of 100 ms frames)",
+        description="Hard cap of a call's audio stream (entries, MAXLEN ~; 5 min of 100 ms frames): audio is a buffer, trimmed as the transcriber checkpoints; a call that waits longer than this for a transcriber loses its oldest audio",
     )
     transcript_maxlen: int = Field(
         default=10_000, gt=0, description="MAXLEN of a call's transcript stream (finals)"
@@ -199,6 +199,16 @@ class TranscriberSettings(CommonSettings):
         default=60.0,
         gt=0,
         description="A call whose audio stream gets nothing new this long, and no eof, is ended (its ingest is gone)",
+    )
+    audio_stall_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A call whose audio stream gets nothing new this long (Twilio sends packets through silence) gets an `audio_stopped` event, and `audio_resumed` if audio comes back",
+    )
+    audio_replay_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Audio kept before a call's checkpoint (XTRIM MINID after each checkpoint write) and after its end, s; a takeover replays from the checkpoint",
     )
     final_timeout_s: float = Field(
         default=10.0, gt=0, description="How long to wait for the last results after eof"

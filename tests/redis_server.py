@@ -18,13 +18,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` process: ``start()``, ``stop()``, ``restart()``; ``url`` to reach it.
+    """One ``redis-server`` process: ``start()``, ``stop()``, ``kill()``, ``restart()``; ``url``.
+
+    ``aof``: run with ``appendonly yes``, ``appendfsync everysec`` (as docker-compose.yml), so a
+    restart reloads the data from the server's own directory; without it nothing is saved.
 
     Raises:
         RuntimeError: ``redis-server`` is not on PATH or did not answer within ``timeout_s``.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, aof: bool = False) -> None:
+        self.aof = aof
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (.ci/run installs it)")
@@ -50,7 +54,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.aof else "no",
+                "--appendfsync",
+                "everysec",
                 "--dir",
                 str(self.dir),
                 "--daemonize",
@@ -86,7 +92,18 @@ class RedisServer:
                 self.proc.wait(5)
         self.proc = None
 
-    def restart(self) -> None:
-        """Stop and start again on the same port (data is lost: nothing is saved)."""
-        self.stop()
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or ``kill -9`` (no shutdown, no final save)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with ``kill``) and start again on the same port and
+        directory: without ``aof`` the data is lost, with it the AOF is reloaded."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
         self.start()

@@ -228,3 +228,27 @@ async def test_watch_exits_1_when_the_transcript_is_incomplete(gateway_port: int
     out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
     assert proc.returncode == 1, err.decode()
     assert "transcript is incomplete" in out.decode()
+
+
+async def test_watch_says_when_the_audio_stops_and_resumes(gateway_port: int, redis) -> None:
+    """audio_stopped and audio_resumed each print one note with the call time; the watch goes on."""
+    from shared.schema import AudioResumed, AudioStopped
+
+    meta = CallMeta(call_sid=SID, stream_sid="MZ1", account_sid="AC1")
+    await _start_call(redis, meta)
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", SID, "--gateway", f"ws://127.0.0.1:{gateway_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert f"watching call {SID}" in await _readline(proc.stdout)
+    await _publish_final(redis, _final(0, 0, 0.0, "Before the silence."))
+    assert "Before the silence." in await _readline(proc.stdout)  # the subscription is live
+    stopped = AudioStopped(call_sid=SID, at_s=72.4, idle_s=5.0)
+    await redis.publish(keys.live(SID), stopped.to_json())
+    assert "audio stopped at 01:12: no sound for 5.0 s" in await _readline(proc.stdout)
+    await redis.publish(keys.live(SID), AudioResumed(call_sid=SID, at_s=80.0).to_json())
+    assert "audio resumed at 01:20" in await _readline(proc.stdout)
+    await _end_call(redis, meta)
+    _out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    assert proc.returncode == 0, err.decode()

@@ -226,3 +226,14 @@ def test_services_start_healthy_and_stop_on_sigterm(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+
+
+def test_compose_redis_persists_to_a_volume(compose: dict[str, Any]) -> None:
+    """Redis runs with AOF fsynced every second on a named volume, so a restart keeps live calls."""
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
+    volume, _, target = redis["volumes"][0].partition(":")
+    assert target == "/data"  # the redis image's working directory, where the AOF lives
+    assert volume in compose["volumes"]

@@ -69,7 +69,7 @@ class LiveMessage:
                     raise ValueError("final without a string id")
                 final_id = stream_id_tuple(raw_id)
             return cls("transcript", text, final_id, channels)
-        if kind in ("end", "error"):
+        if kind in ("end", "error", "audio_stopped", "audio_resumed"):
             return cls(kind, text, None, channels)
         raise ValueError(f"unknown live message type {str(kind)[:40]!r}")
 
@@ -181,7 +181,7 @@ class CallSubscriber(Subscriber):
                 self.outbox.put(msg.text)
             if self.on_end is not None:
                 asyncio.get_running_loop().call_soon(self.on_end, self)
-        elif kind == "error" and not self.deepgram:
+        elif not self.deepgram:  # error, audio_stopped, audio_resumed: /v1/ws only
             self.outbox.put(msg.text)
 
     def drain_pending(self) -> None:

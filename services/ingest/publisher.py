@@ -21,7 +21,10 @@ What one call writes (docs/protocol.md, "Redis keys" and "The life of a call in 
   so a batch retried after a lost reply cannot write a frame twice (Redis refuses an ID that is
   not above the stream's last; that refusal counts as written);
 * eof: the entry ``{t: end_ms, eof: 1}`` (ID ``<end_ms>-1``) and ``EXPIRE`` of the audio stream
-  after ``retention_s``.
+  after ``retention_s``;
+* while a call streams, ``EXPIRE cs:{sid}:audio`` :data:`LIVE_AUDIO_TTL_S` with its first frame
+  and again every :data:`LIVE_AUDIO_TTL_REFRESH_S`: a stream whose call lost its other keys (a
+  Redis restarted without persistence) or whose ingest died still expires.
 
 Over 300 lines on purpose: one buffered writer: its submit side and its write side share the
 buffer and its per-call accounting.
@@ -45,6 +48,12 @@ from shared.retry import REDIS_FAILURES, Backoff
 from shared.schema import AudioFrame, CallMeta, CallStarted
 
 log = logging.getLogger(__name__)
+
+LIVE_AUDIO_TTL_S = 3600
+"""TTL of a call's audio stream while ingest writes it, s (refreshed; the eof sets retention_s)."""
+
+LIVE_AUDIO_TTL_REFRESH_S = 60.0
+"""How often a streaming call's audio TTL is set again, s: one EXPIRE a minute per call."""
 
 _START, _FRAME, _EOF = 0, 1, 2
 _Entry = tuple[int, str, Any]
@@ -104,6 +113,7 @@ class Publisher:
         self._closing = False
         self._dropped_by_call: dict[str, int] = {}
         self._burst: dict[str, int] = {}  # calls now dropping -> frames dropped in this burst
+        self._ttl_at: dict[str, float] = {}  # call -> monotonic time of its last audio EXPIRE
         self.dropped_frames = 0
         self.written_frames = 0
         self.failed_writes = 0
@@ -253,17 +263,33 @@ class Publisher:
             )
         )
         pipe = self._redis.pipeline(transaction=False)
+        now = time.monotonic()
+        refreshed: list[str] = []
         for kind, sid, obj in batch:
             if kind == _FRAME:
                 self._xadd_audio(pipe, sid, obj)
+                if (
+                    now - self._ttl_at.get(sid, -LIVE_AUDIO_TTL_REFRESH_S)
+                    >= LIVE_AUDIO_TTL_REFRESH_S
+                ):
+                    pipe.expire(keys.audio(sid), LIVE_AUDIO_TTL_S)
+                    self._ttl_at[sid] = now
+                    refreshed.append(sid)
             else:
                 self._xadd_audio(pipe, sid, AudioFrame(t_ms=obj, eof=True))
                 pipe.expire(keys.audio(sid), self._retention_s)
         try:
             async with asyncio.timeout(self._write_timeout_s):
                 results = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            for sid in refreshed:  # not written: set it with the retried batch
+                self._ttl_at.pop(sid, None)
+            raise
         finally:
             await pipe.reset()
+        for kind, sid, _obj in batch:
+            if kind == _EOF:
+                self._ttl_at.pop(sid, None)
         self._log_refused(results)
         return len(batch)
 

@@ -27,6 +27,8 @@ from services.transcriber.engine import AsrEngine, AsrSession, CallAudio
 from services.transcriber.index import index_end, index_final
 from services.transcriber.live import LivePublisher
 from services.transcriber.queueing import set_status
+from services.transcriber.retention import retire_audio, trim_audio
+from services.transcriber.stall import AudioWatch, Stillness
 from services.transcriber.webhooks import enqueue
 from shared import keys
 from shared.audio import BYTES_PER_MS
@@ -36,6 +38,8 @@ from shared.replies import entries
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.schema import (
     AudioFrame,
+    AudioResumed,
+    AudioStopped,
     CallEnded,
     CallMeta,
     CallStatus,
@@ -126,6 +130,7 @@ class CallPipeline:
         self.sent_ms: float | None = None  # call time up to which audio went to the engine
         self.on_published: Callable[[CallPipeline, TranscriptEvent], None] | None = None
         self.failure: str | None = None  # meta ``failure`` at the end: asr_failed, audio_stopped
+        self._watch = AudioWatch(settings.audio_stall_s, settings.audio_idle_s)
 
     # ------------------------------------------------------------------ reader side
 
@@ -148,29 +153,53 @@ class CallPipeline:
         self.queue.put_nowait((self.last_id, frame))
 
     async def _next(self) -> tuple[str, AudioFrame]:
-        """The next audio entry; a made-up eof once the stream has been still for ``audio_idle_s``.
-
-        Twilio sends packets through silence too, so an audio stream that gets nothing new for
-        that long, with no eof, belongs to an ingest that died: the call is ended rather than
-        left live for ever.
-        """
+        """The next audio entry; ``audio_stopped`` once the stream has been still for
+        ``audio_stall_s`` (``audio_resumed`` when a frame comes after it), a made-up eof once it
+        has been still for ``audio_idle_s`` (services/transcriber/stall.py says why)."""
+        watch = self._watch
         while True:
             try:
-                async with asyncio.timeout(self.settings.audio_idle_s):
+                async with asyncio.timeout(watch.timeout_s()):
                     item = await self.queue.get()
             except TimeoutError:
                 if not await self._audio_stalled():
+                    watch.alive()
                     continue
-                end_ms = int(self._frames[-1][1]) if self._frames else 0
+                verdict = watch.timed_out()
+                if verdict is Stillness.STOPPED:
+                    self._say(
+                        AudioStopped(
+                            call_sid=self.sid,
+                            at_s=self._heard_s,
+                            idle_s=round(watch.still_for_s(), 3),
+                        )
+                    )
+                if verdict is not Stillness.ENDED:
+                    continue
                 log.warning(
-                    "audio stopped without eof",
+                    "audio stopped without eof; call ended",
                     extra={"call_sid": self.sid, "idle_s": self.settings.audio_idle_s},
                 )
                 self.eof_read = True
                 self.failure = "audio_stopped"
-                return self.last_id, AudioFrame(t_ms=end_ms, eof=True)
+                return self.last_id, AudioFrame(t_ms=round(self._heard_s * 1000), eof=True)
+            if watch.heard():
+                self._say(AudioResumed(call_sid=self.sid, at_s=item[1].t_ms / 1000))
             self.wake.set()
             return item
+
+    @property
+    def _heard_s(self) -> float:
+        """Call seconds up to which audio reached the engine."""
+        return round(self._frames[-1][1] / 1000, 3) if self._frames else 0.0
+
+    def _say(self, event: AudioStopped | AudioResumed) -> None:
+        """Publish an audio status event on the call's live channel, and log it once."""
+        level = logging.WARNING if isinstance(event, AudioStopped) else logging.INFO
+        log.log(
+            level, event.type.replace("_", " "), extra={"call_sid": self.sid, "at_s": event.at_s}
+        )
+        self.live.publish(keys.live(self.sid), event.to_json())
 
     async def _audio_stalled(self) -> bool:
         """True when nothing newer than what we read is in the audio stream (Redis answering)."""
@@ -375,11 +404,7 @@ class CallPipeline:
         covered_ms = min(self.final_end_s) * 1000.0
         while self._frames and self._frames[0][1] <= covered_ms + 0.5:
             self._resume_id = self._frames.popleft()[0]
-        return {
-            "resume_audio_id": self._resume_id,
-            "next_segment": str(self.next_segment),
-            **{f"final_end_s_{c}": f"{e:.3f}" for c, e in enumerate(self.final_end_s)},
-        }
+        return self.checkpoint_fields()
 
     async def _progress(self, event: TranscriptEvent) -> None:
         """An empty final in silence: advance the checkpoint, store and publish nothing.
@@ -392,7 +417,11 @@ class CallPipeline:
         if min(self.final_end_s) - self._persisted_s < PROGRESS_PERSIST_S:
             return
         try:
-            await cmd(self.redis.hset(keys.meta(self.sid), mapping=checkpoint))  # type: ignore[arg-type]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]
+                resume_id = checkpoint["resume_audio_id"]
+                trim_audio(pipe, self.sid, resume_id, self.settings.audio_replay_s)
+                await cmd(pipe.execute())
             self._persisted_s = min(self.final_end_s)
         except REDIS_FAILURES:
             log.debug("checkpoint not written", extra={"call_sid": self.sid})
@@ -411,6 +440,8 @@ class CallPipeline:
                         approximate=True,
                     )
                     pipe.hset(keys.meta(self.sid), mapping=checkpoint)  # type: ignore[arg-type]  # as above
+                    resume_id = checkpoint["resume_audio_id"]
+                    trim_audio(pipe, self.sid, resume_id, self.settings.audio_replay_s)
                     index_final(pipe, self.sid, self._started_at, event.text, self._retention_s)
                     if self._hooks and self.settings.webhook_finals:
                         key = f"{self.sid}:final:{event.segment}"
@@ -434,6 +465,15 @@ class CallPipeline:
         except REDIS_FAILURES:
             return None
 
+    def checkpoint_fields(self) -> dict[str, str]:
+        """The checkpoint's meta fields: ``resume_audio_id``, ``next_segment``,
+        ``final_end_s_<ch>`` (also what services/transcriber/recovery.py writes back)."""
+        return {
+            "resume_audio_id": self._resume_id,
+            "next_segment": str(self.next_segment),
+            **{f"final_end_s_{c}": f"{e:.3f}" for c, e in enumerate(self.final_end_s)},
+        }
+
     # ------------------------------------------------------------------ end
 
     async def _end(self, error: AsrError | None) -> None:
@@ -456,6 +496,8 @@ class CallPipeline:
         ended_fields = {"status": "ended", "ended_at": f"{now:.3f}"}
         if self.failure is not None:
             ended_fields["failure"] = self.failure
+        if self.meta is not None:  # the whole record: Redis may have lost it (recovery.py)
+            ended_fields = meta.to_redis()
         end_json = EndEvent(call_sid=self.sid).to_json()
         ended_json = CallEnded(call=meta).to_json()
 
@@ -471,6 +513,7 @@ class CallPipeline:
             pipe.xdel(keys.JOBS, self.job_id)
             for key in keys.call_keys(self.sid):
                 pipe.expire(key, self.settings.retention_s)
+            retire_audio(pipe, self.sid, self.settings.audio_replay_s)
 
         await self._transact(build)
         self.ended = True

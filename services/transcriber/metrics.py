@@ -125,13 +125,14 @@ class TranscriberMetrics:
 
 
 def health(worker: Worker) -> tuple[bool, dict[str, object]]:
-    """Whether the worker is healthy (its health key written within three lease periods), and
-    the ``/healthz`` body."""
+    """Whether the worker is healthy (its health key written within three lease periods, and
+    its last lease round reached Redis), and the ``/healthz`` body."""
     at = worker.heartbeat_at
     max_age_s = max(1.0, 3 * worker.settings.lease_renew_s)
-    ok = at is not None and time.monotonic() - at <= max_age_s
+    fresh = at is not None and time.monotonic() - at <= max_age_s
+    ok = fresh and worker.redis_ok
     return ok, {
-        "status": "ok" if ok else "stale",
+        "status": "ok" if ok else "redis_unavailable" if fresh else "stale",
         "consumer": worker.consumer,
         "calls": len(worker.calls),
         "max_calls": worker.settings.max_calls,

@@ -34,6 +34,7 @@ from services.transcriber.engine import AsrEngine
 from services.transcriber.live import LivePublisher
 from services.transcriber.metrics import TranscriberMetrics
 from services.transcriber.queueing import Saturation, set_status
+from services.transcriber.recovery import audit, restore
 from shared import keys
 from shared.redisconn import as_text
 from shared.replies import batches, pending_ids
@@ -78,6 +79,7 @@ class Worker:
         self._tg: asyncio.TaskGroup | None = None
         self.served = 0
         self.heartbeat_at: float | None = None  # monotonic time of the last health key write
+        self.redis_ok = True  # False from a failed lease round until the next one succeeds
         self.health: dict[str, bool] = {"asr_ok": True}  # the start-up probe's verdict (probe.py)
         self.saturation = Saturation(self.consumer, settings.max_calls)
         self.metrics = TranscriberMetrics(self)
@@ -304,9 +306,11 @@ class Worker:
                     )
                 )
                 self.heartbeat_at = time.monotonic()
+                self.redis_ok = True
                 backoff.reset()
                 await asyncio.sleep(self.settings.lease_renew_s)
             except REDIS_FAILURES as exc:
+                self.redis_ok = False
                 await backoff.retry_after(exc, log, "redis unavailable", loop="lease")
 
     async def _renew(self) -> None:
@@ -339,12 +343,16 @@ class Worker:
                     justid=True,
                 )
             )
-        for jid, call in owned.items():
-            if jid not in mine and not call.ended:
-                log.warning("call lost to another worker", extra={"call_sid": call.sid, "job": jid})
-                task = self._tasks.get(call.sid)
-                if task is not None:
-                    task.cancel()
+        taken, vanished = await audit(self.redis, owned, mine)
+        for call in taken:
+            log.warning(
+                "call lost to another worker", extra={"call_sid": call.sid, "job": call.job_id}
+            )
+            task = self._tasks.get(call.sid)
+            if task is not None:
+                task.cancel()
+        for call in vanished:  # Redis lost them (restarted without persistence): rebuild
+            await restore(self.redis, call, self.consumer)
 
     # ------------------------------------------------------------------ audio
 

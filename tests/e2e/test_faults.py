@@ -37,6 +37,7 @@ async def test_redis_freezing_mid_call_loses_nothing(
     async with FakeDeepgram(script, api_key="k") as fake:
         env = {"ASR_ENGINE": "deepgram", "DEEPGRAM_URL": fake.url, "DEEPGRAM_API_KEY": "k"}
         env["REDIS_SOCKET_TIMEOUT_S"] = "3"  # the freeze outlasts every Redis timeout: retries
+        env["AUDIO_REPLAY_S"] = "600"  # keep the whole call's audio: the test reads it back
         async with run_services(redis_url, tmp_path, env) as svc:
             watcher = asyncio.create_task(watch_call(svc.gateway_ws, call, 2.0))
             streaming = asyncio.create_task(stream_call(svc.twilio_url, call, speed=1.0))

@@ -45,6 +45,10 @@ recv({ ...ev, segment: 1, text: "uh" });
 const noisy = els.lines.children.length;
 recv({ ...ev, segment: 1, id: "6-0", is_final: true, text: "" });
 shown.noise = [noisy, els.lines.children.length];
+recv({ type: "audio_stopped", call_sid: "CA1", at_s: 12.4, idle_s: 5 });
+const stopped = [els.banner.className, els.banner.textContent];
+recv({ type: "audio_resumed", call_sid: "CA1", at_s: 14 });
+stopped.push(els.banner.className);
 recv({ type: "error", code: "asr_failed", message: "x", call_sid: "CA1" });
 const banner = [els.banner.className, els.banner.textContent];
 const exportsShown = els.exports.children.map((a) => a.href);
@@ -56,7 +60,7 @@ recv({ type: "error", code: "reconnecting", message: "x", call_sid: "CA2" });
 const conn = [els.conn.className, els.conn.textContent];
 watch("CA2");
 console.log(JSON.stringify({ url: ws.url, buttons, shown, sent: ws.sent, status: els.status.textContent,
-  banner, exportsShown, recentShown, conn }));
+  banner, exportsShown, recentShown, conn, stopped }));
 """
 
 
@@ -77,6 +81,9 @@ def test_page_renders_calls_and_switches_after_end_without_a_stale_unsubscribe()
     assert result["buttons"][1].startswith("+15550001111 → +15550002222live")
     assert " · 01:05" in result["buttons"][1]
     assert result["banner"] == ["show", "Transcription failed: the transcript is incomplete."]
+    # audio_stopped shows a banner saying so; audio_resumed takes it away
+    assert result["stopped"][0] == "show" and "Audio stopped 5 s ago" in result["stopped"][1]
+    assert result["stopped"][2] == ""
     assert result["exportsShown"] == [
         f"/v1/calls/CA1/transcript?format={f}" for f in ("txt", "srt", "vtt", "json")
     ]

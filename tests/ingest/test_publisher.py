@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from services.ingest.publisher import Publisher
+from services.ingest.publisher import LIVE_AUDIO_TTL_S, Publisher
 from shared import keys
 from shared.schema import AudioFrame, CallMeta
 
@@ -107,3 +107,13 @@ async def test_a_new_stream_of_the_same_call_is_started_again(redis: aioredis.Re
     await drain(pub)
     assert await redis.xlen(keys.JOBS) == 2
     assert await redis.hget(keys.meta("CA4"), "stream_sid") == b"MZb"
+
+
+async def test_a_streaming_calls_audio_has_a_ttl_before_its_eof(redis: aioredis.Redis) -> None:
+    """The first frames set the audio stream's live TTL, so a call whose other keys Redis lost,
+    or whose ingest died before its eof, cannot leave audio behind for ever."""
+    pub = Publisher(redis, buffer_frames=10, audio_maxlen=100, retention_s=60)
+    for t in (0, 100):
+        pub.submit_frame("CA4", frame(t))
+    await drain(pub)
+    assert 60 < await redis.ttl(keys.audio("CA4")) <= LIVE_AUDIO_TTL_S
