@@ -103,7 +103,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     from callscribe.render import CallRenderer
-    from callscribe.watch import WatchOptions, v1_url, watch
+    from callscribe.watch import watch
+    from callscribe.watch_options import WatchOptions, v1_url
     from shared.schema import STREAM_ID_PATTERN
 
     try:

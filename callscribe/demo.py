@@ -27,7 +27,8 @@ from typing import Any, TextIO
 from callscribe.render import CallRenderer
 from callscribe.simulate import load_tracks
 from callscribe.twilio_messages import new_sid
-from callscribe.watch import Watcher, WatchOptions
+from callscribe.watch import Watcher
+from callscribe.watch_options import WatchOptions
 from shared.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)

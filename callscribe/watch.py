@@ -11,8 +11,7 @@ followed from its start is subscribed with ``since="0"`` so no final published b
 close 1012) the watcher reconnects and resubscribes ``since`` the last final it showed, so the
 transcript continues with no gap and no duplicate.
 
-Over 300 lines, not split yet: the watcher's connection, retry and rendering loop; the seam is the
-reconnect policy (issue 7).
+The options, and the gateway URL they name, are :mod:`callscribe.watch_options`'.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
@@ -29,9 +27,24 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import CloseCode
 
 from callscribe.render import CallRenderer
+from callscribe.watch_options import WatchOptions, v1_url
 from shared.aio import cancel_and_wait
 from shared.retry import Backoff
-from shared.schema import CallMeta, CallStatus, TranscriptEvent
+from shared.schema import (
+    AudioResumed,
+    AudioStopped,
+    CallEnded,
+    CallList,
+    CallMeta,
+    CallStarted,
+    CallStatus,
+    CallUpdated,
+    EndEvent,
+    ErrorEvent,
+    ServerMessage,
+    TranscriptEvent,
+    server_message_adapter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,68 +52,11 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-@dataclass
-class WatchOptions:
-    """How to watch.
-
-    ``url``: the gateway's ``/v1/ws`` URL (``ws://host:8080/v1/ws``; a bare ``ws://host:8080``
-    gets ``/v1/ws`` appended). ``since``: a history ID to replay from; None = the whole call
-    (``"0"``), whether it was given by SID or followed from its start.
-    ``open_timeout_s``: WebSocket handshake and first answer. ``end_grace_s``: after
-    ``call_ended`` without ``end``, how long to wait for it before exiting anyway.
-    ``wait_for_start``: with ``call_sid``, subscribe only once that call is live (listed or
-    ``call_started``), from its start (the demo, which starts its watcher before its call).
-    ``reconnect_for_s``: after a lost connection (a gateway restarting, a rolling restart of
-    several), how long to keep trying, with backoff from ``reconnect_delay_s`` up to
-    ``reconnect_max_s`` and jitter, before giving up; ``reconnects``: at most this many tries
-    in a row (None = as many as fit in ``reconnect_for_s``).
-    ``tick_s``: progress refresh period on a TTY. ``token``: the bearer token sent as
-    ``Authorization: Bearer`` (``callscribe token`` mints one); None when the gateway runs
-    with ``GATEWAY_AUTH=none``.
-
-    Exit status of a watch: 0 once the call ended with its transcript complete; 1 when the
-    gateway could not be reached for ``reconnect_for_s``, the call is unknown (not live, not in
-    the gateway's history; unless ``wait_for_start``), recognition failed (``asr_failed``:
-    the transcript is incomplete), or the gateway refused the token (1008).
-    """
-
-    url: str
-    call_sid: str | None = None
-    since: str | None = None
-    open_timeout_s: float = 10.0
-    end_grace_s: float = 3.0
-    wait_for_start: bool = False
-    reconnects: int | None = None
-    reconnect_for_s: float = 120.0
-    reconnect_delay_s: float = 0.5
-    reconnect_max_s: float = 5.0
-    tick_s: float = 1.0
-    token: str | None = None
-
-
 def _clock(seconds: object) -> str:
     """Call seconds as ``mm:ss`` (``?`` when not a number)."""
     if not isinstance(seconds, int | float):
         return "?"
     return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
-
-
-def v1_url(url: str) -> str:
-    """``ws://h:8080`` or ``ws://h:8080/`` → ``ws://h:8080/v1/ws``; a URL with a path is kept.
-
-    ``http://``/``https://`` (the address of the web page) become ``ws://``/``wss://``.
-
-    Raises:
-        ValueError: not a ws, wss, http or https URL.
-    """
-    scheme, sep, rest = url.partition("://")
-    scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower())
-    if not sep or scheme not in ("ws", "wss") or not rest:
-        raise ValueError(f"not a ws:// URL: {url!r}")
-    host, _, path = rest.partition("/")
-    if not path:
-        return f"{scheme}://{host}/v1/ws"
-    return f"{scheme}://{rest}"
 
 
 @dataclass
@@ -235,83 +191,67 @@ class Watcher:
                 return True
             first = False
             try:
-                message = json.loads(raw)
-                kind = message.get("type") if isinstance(message, dict) else None
-            except ValueError:
-                kind = None
-            if kind is None:
+                message = server_message_adapter.validate_json(raw)
+            except ValidationError:
                 log.warning("unreadable message from gateway", extra={"call_sid": st.target})
                 continue
-            if await self._handle(ws, kind, message):
+            if await self._handle(ws, message):
                 return True
 
-    async def _handle(self, ws: ClientConnection, kind: str, message: dict[str, Any]) -> bool:
+    async def _handle(self, ws: ClientConnection, message: ServerMessage) -> bool:
+        """Apply one gateway message; True when the watch is over."""
         st = self._state
-        if kind == "transcript":
-            try:
-                event = TranscriptEvent.model_validate(message)
-            except ValidationError:
-                log.warning("bad transcript event", extra={"call_sid": st.target})
-                return False
-            if event.call_sid == st.target:
+        if isinstance(message, TranscriptEvent):
+            if message.call_sid == st.target:
                 self.first_transcript.set()
-                if self.renderer.transcript(event) and event.id:
-                    st.last_final_id = event.id
-            return False
-        if kind == "end":
-            if message.get("call_sid") == st.target:
+                if self.renderer.transcript(message) and message.id:
+                    st.last_final_id = message.id
+        elif isinstance(message, EndEvent):
+            if message.call_sid == st.target:
                 self.renderer.end()
                 return True
-            return False
-        if kind == "calls":
-            calls = [self._meta(c) for c in message.get("calls") or []]
+        elif isinstance(message, CallList):
             # queued calls too: their audio is kept and transcribed once a worker is free
-            st.live = {c.call_sid: c for c in calls if c is not None and c.status is not CallStatus.ENDED}
+            st.live = {c.call_sid: c for c in message.calls if c.status is not CallStatus.ENDED}
             await self._choose(ws)
             self.ready.set()
-            return False
-        if kind in ("call_started", "call_updated", "call_ended"):
-            meta = self._meta(message.get("call"))
-            if meta is None:
-                return False
-            if kind == "call_updated":
-                if meta.call_sid in st.live:
-                    st.live[meta.call_sid] = meta
-            elif kind == "call_started":
-                st.live[meta.call_sid] = meta
-                if not st.subscribed and st.target in (None, meta.call_sid):
-                    await self._subscribe(ws, meta, since=st.since or "0")
-            else:
-                st.live.pop(meta.call_sid, None)
-                if meta.call_sid == st.target and st.grace_deadline is None:
-                    st.grace_deadline = asyncio.get_running_loop().time() + self.options.end_grace_s
-            return False
-        if kind == "subscribed":
-            return False
-        if kind in ("audio_stopped", "audio_resumed") and message.get("call_sid") == st.target:
-            at = _clock(message.get("at_s"))
+        elif isinstance(message, CallStarted):
+            st.live[message.call.call_sid] = message.call
+            if not st.subscribed and st.target in (None, message.call.call_sid):
+                await self._subscribe(ws, message.call, since=st.since or "0")
+        elif isinstance(message, CallUpdated):
+            if message.call.call_sid in st.live:
+                st.live[message.call.call_sid] = message.call
+        elif isinstance(message, CallEnded):
+            st.live.pop(message.call.call_sid, None)
+            if message.call.call_sid == st.target and st.grace_deadline is None:
+                st.grace_deadline = asyncio.get_running_loop().time() + self.options.end_grace_s
+        elif isinstance(message, AudioStopped | AudioResumed) and message.call_sid == st.target:
+            at = _clock(message.at_s)
             self.renderer.note(
-                f"audio stopped at {at}: no sound for {message.get('idle_s')} s (the call may have dropped)"
-                if kind == "audio_stopped"
+                f"audio stopped at {at}: no sound for {message.idle_s} s (the call may have dropped)"
+                if isinstance(message, AudioStopped)
                 else f"audio resumed at {at}"
             )
+        elif isinstance(message, ErrorEvent):
+            return self._error(message)
+        return False  # subscribed, unsubscribed, history pages: nothing to do
+
+    def _error(self, message: ErrorEvent) -> bool:
+        """Show a gateway ``error``; True when it ends the watch (an unknown call)."""
+        st = self._state
+        if message.code == "already_subscribed":
             return False
-        if kind == "error":
-            code, text = message.get("code", "error"), message.get("message", "")
-            if code == "already_subscribed":
-                return False
-            self.renderer.note(f"gateway: {code}: {text}")
-            if code == "asr_failed" and message.get("call_sid") in (None, st.target):
-                st.failed = "the transcript is incomplete: speech recognition failed (asr_failed)"
-            if code == "unknown_call" and message.get("call_sid") in (None, st.target):
-                st.subscribed = False
-                if not self.options.wait_for_start:
-                    st.failed = (
-                        f"no such call: {st.target} (not live, nor in the gateway's history)"
-                    )
-                    return True
-                self.renderer.note(f"waiting for call {st.target} to start")  # the demo's call
-            return False
+        self.renderer.note(f"gateway: {message.code}: {message.message}")
+        ours = message.call_sid in (None, st.target)
+        if message.code == "asr_failed" and ours:
+            st.failed = "the transcript is incomplete: speech recognition failed (asr_failed)"
+        if message.code == "unknown_call" and ours:
+            st.subscribed = False
+            if not self.options.wait_for_start:
+                st.failed = f"no such call: {st.target} (not live, nor in the gateway's history)"
+                return True
+            self.renderer.note(f"waiting for call {st.target} to start")  # the demo's call
         return False
 
     async def _choose(self, ws: ClientConnection) -> None:
@@ -350,12 +290,6 @@ class Watcher:
         await ws.send(json.dumps(request))
         log.info("subscribed", extra={"call_sid": meta.call_sid, "since": since})
 
-    @staticmethod
-    def _meta(raw: object) -> CallMeta | None:
-        try:
-            return CallMeta.model_validate(raw)
-        except ValidationError:
-            return None
 
 
 async def watch(options: WatchOptions, renderer: CallRenderer) -> int:

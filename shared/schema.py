@@ -459,6 +459,27 @@ class HistoryPage(_Event):
     next_cursor: str | None = None
 
 
+class CallList(_Event):
+    """The answer to a ``list`` request on ``/v1/ws``: the live and queued calls the token may see."""
+
+    type: Literal["calls"] = "calls"
+    calls: list[CallMeta]
+
+
+class Subscribed(_Event):
+    """The answer to a ``subscribe`` on ``/v1/ws``, before the call's replayed finals."""
+
+    type: Literal["subscribed"] = "subscribed"
+    call_sid: str
+
+
+class Unsubscribed(_Event):
+    """The answer to an ``unsubscribe`` on ``/v1/ws``: nothing more of the call follows."""
+
+    type: Literal["unsubscribed"] = "unsubscribed"
+    call_sid: str
+
+
 class EndEvent(_Event):
     """On ``cs:{sid}:live``: the call is over and every final transcript has been published."""
 
@@ -500,11 +521,30 @@ class AudioResumed(_Event):
 
 
 LiveEvent = Annotated[
-    TranscriptEvent | EndEvent | AudioStopped | AudioResumed, Field(discriminator="type")
+    TranscriptEvent | EndEvent | ErrorEvent | AudioStopped | AudioResumed,
+    Field(discriminator="type"),
 ]
+"""What the transcriber publishes on ``cs:{sid}:live`` (``error``: ASR failed, or data lost)."""
 live_event_adapter: TypeAdapter[LiveEvent] = TypeAdapter(LiveEvent)
 CallEvent = Annotated[CallStarted | CallUpdated | CallEnded, Field(discriminator="type")]
 call_event_adapter: TypeAdapter[CallEvent] = TypeAdapter(CallEvent)
+ServerMessage = Annotated[
+    CallList
+    | Subscribed
+    | Unsubscribed
+    | HistoryPage
+    | CallStarted
+    | CallUpdated
+    | CallEnded
+    | TranscriptEvent
+    | EndEvent
+    | ErrorEvent
+    | AudioStopped
+    | AudioResumed,
+    Field(discriminator="type"),
+]
+"""Everything the gateway sends a ``/v1/ws`` client (``callscribe watch`` parses with it)."""
+server_message_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 
 
 # --------------------------------------------------------------------------- /v1/ws client protocol

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from callscribe import cli
-from callscribe.watch import v1_url
+from callscribe.watch_options import v1_url
 
 CALLSCRIBE = str(Path(sys.executable).with_name("callscribe"))
 

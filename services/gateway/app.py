@@ -15,10 +15,12 @@ from websockets.frames import CloseCode
 
 from services.gateway import rest
 from services.gateway.auth import Authenticator, auth_middleware
-from services.gateway.clients import Gateway, json_endpoint, tutorial_endpoint
 from services.gateway.connection import Connections
 from services.gateway.hub import Hub
+from services.gateway.json_ws import json_endpoint
 from services.gateway.metrics import gateway_registry
+from services.gateway.state import Gateway
+from services.gateway.tutorial_ws import tutorial_endpoint
 from shared.metrics import metrics_handler
 from shared.service import serving
 from shared.settings import GatewaySettings

@@ -17,7 +17,7 @@ from shared.metrics import CollectorRegistry, ScrapeCollector, counter, gauge
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-    from services.gateway.clients import Gateway
+    from services.gateway.state import Gateway
 
 
 def gateway_registry(gateway: Gateway) -> CollectorRegistry:

@@ -21,8 +21,8 @@ from pydantic import ValidationError
 
 from services.gateway import export, history, store
 from services.gateway.auth import GRANT, Grant
-from services.gateway.clients import Gateway
 from services.gateway.history import Query
+from services.gateway.state import Gateway
 from shared.errors import ClientMessageError, RedisUnavailable
 from shared.history import summarize
 from shared.redisconn import stream_id_tuple

@@ -7,7 +7,6 @@ Thin async helpers over a ``redis.asyncio.Redis`` (bytes responses); every call 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,7 +17,7 @@ from shared import keys
 from shared.errors import RedisUnavailable
 from shared.redisconn import stream_id_tuple
 from shared.replies import StreamEntry, entries
-from shared.schema import CallMeta
+from shared.schema import CallList, CallMeta
 
 HISTORY_PAGE = 200
 """Entries read per XRANGE while replaying history."""
@@ -118,8 +117,5 @@ async def last_history_id(r: aioredis.Redis, call_sid: str, timeout_s: float) ->
 
 
 def calls_message(calls: list[CallMeta]) -> str:
-    """The ``{"type": "calls", "calls": [...]}`` answer to ``list``."""
-    return json.dumps(
-        {"type": "calls", "calls": [c.model_dump(mode="json", by_alias=True) for c in calls]},
-        separators=(",", ":"),
-    )
+    """The ``calls`` answer to ``list`` (:class:`shared.schema.CallList`), as JSON."""
+    return CallList(calls=calls).to_json()

@@ -13,7 +13,6 @@ the subscriber's cursor (the last final it got) is skipped.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,13 @@ from services.gateway.deepgram import results_json
 from services.gateway.outbox import SLOW_REASON, Outbox
 from services.gateway.store import StreamId
 from shared.redisconn import stream_id_tuple
-from shared.schema import CallMeta, EndEvent, TranscriptEvent, call_event_adapter
+from shared.schema import (
+    CallMeta,
+    EndEvent,
+    TranscriptEvent,
+    call_event_adapter,
+    live_event_adapter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +59,17 @@ class LiveMessage:
         """Parse one pub/sub payload.
 
         Raises:
-            ValueError: not UTF-8, not JSON, no known ``type``, or a final without a valid ``id``.
+            ValueError: not UTF-8, not a :data:`shared.schema.LiveEvent` (pydantic's
+                ValidationError is a ValueError), or a final without an ``id``.
         """
         text = data.decode() if isinstance(data, bytes) else data
-        obj = json.loads(text)
-        if not isinstance(obj, dict):
-            raise ValueError("live message is not an object")
-        kind = obj.get("type")
-        if kind == "transcript":
-            final_id = None
-            if obj.get("is_final"):
-                raw_id = obj.get("id")
-                if not isinstance(raw_id, str) or not raw_id:
-                    raise ValueError("final without a string id")
-                final_id = stream_id_tuple(raw_id)
-            return cls("transcript", text, final_id, channels)
-        if kind in ("end", "error", "audio_stopped", "audio_resumed"):
-            return cls(kind, text, None, channels)
-        raise ValueError(f"unknown live message type {str(kind)[:40]!r}")
+        event = live_event_adapter.validate_json(text)  # the transcriber's own models
+        final_id = None
+        if isinstance(event, TranscriptEvent) and event.is_final:
+            if not event.id:
+                raise ValueError("final without an id")
+            final_id = stream_id_tuple(event.id)
+        return cls(event.type, text, final_id, channels)
 
     @classmethod
     def from_history(cls, entry_id: bytes, fields: dict[Any, Any], channels: int) -> LiveMessage:
