@@ -6,22 +6,20 @@ services.ingest --port 5000``); the global ``--log-level`` before the name sets 
 The others are this package's tools. Exit status: 0 success, 1 failure, 2 bad arguments,
 130 interrupted (SIGINT/SIGTERM).
 
-Over 300 lines, not split yet: the argument parsers of every command sit together so `callscribe
---help` and each subcommand's help read as one; the seam is a module per command's handler
-(issue 7).
+The argument parsers of every command sit here together, so ``callscribe --help`` and each
+subcommand's help read as one; the tools' handlers are :mod:`callscribe.commands`' (REST ones
+:mod:`callscribe.rest`'s).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import importlib.metadata
 import os
-import re
 import sys
-from collections.abc import Awaitable
 
+from callscribe import commands
 from callscribe.rest import add_rest_commands
 from shared import aio
 from shared.logs import setup_logging
@@ -36,165 +34,6 @@ EXIT_INTERRUPTED = aio.EXIT_INTERRUPTED
 TOOLS_LOG_LEVEL = "WARNING"
 """Log level of simulate, watch, calls, transcript and demo unless ``--log-level`` or
 ``LOG_LEVEL`` says otherwise (the services default to ``LOG_LEVEL``'s INFO)."""
-
-
-async def until_stopped(work: Awaitable[int], stop: asyncio.Event) -> int:
-    """Await ``work`` and return its exit status; if ``stop`` is set first, cancel it and
-    return 130. Raises what ``work`` raised, and the caller's own cancellation."""
-    task = asyncio.ensure_future(work)
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await aio.cancel_and_wait(stopper)
-        if not task.done():
-            await aio.cancel_and_wait(task)
-    return task.result() if not task.cancelled() else EXIT_INTERRUPTED
-
-
-# --------------------------------------------------------------------------- subcommands
-
-
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from callscribe.demo import bundled_recording
-    from callscribe.simulate import (
-        SimulateError,
-        SimulateOptions,
-        load_tracks,
-        parse_params,
-        signature_url,
-        simulate,
-        webhook_signature_url,
-    )
-
-    if args.print_bundled:
-        print(bundled_recording())
-        return 0
-    try:
-        tracks = load_tracks(args.audio or [bundled_recording()])
-        options = SimulateOptions(
-            ingest_url=args.ingest,
-            calls=args.calls,
-            speed=args.speed,
-            loss=args.loss,
-            outbound_delay_ms=args.outbound_delay_ms,
-            seed=args.seed,
-            auth_token=args.auth_token or None,
-            signature_url=signature_url(args.public_url) if args.public_url else None,
-            webhook_signature_url=(
-                webhook_signature_url(args.public_url) if args.public_url else None
-            ),
-            params=parse_params(args.param),
-            open_timeout_s=args.open_timeout_s,
-        )
-    except SimulateError as exc:
-        print(f"callscribe simulate: {exc}", file=sys.stderr)
-        return 2
-
-    async def main(stop: asyncio.Event) -> int:
-        try:
-            return await until_stopped(simulate(tracks, options), stop)
-        except SimulateError as exc:
-            print(f"callscribe simulate: {exc}", file=sys.stderr)
-            return 2
-
-    return aio.run_until_signal(main)
-
-
-def _cmd_watch(args: argparse.Namespace) -> int:
-    from callscribe.render import CallRenderer
-    from callscribe.watch import watch
-    from callscribe.watch_options import WatchOptions, v1_url
-    from shared.schema import STREAM_ID_PATTERN
-
-    try:
-        url = v1_url(args.gateway)
-    except ValueError as exc:
-        print(f"callscribe watch: --gateway: {exc}", file=sys.stderr)
-        return 2
-    if args.since is not None and not re.match(STREAM_ID_PATTERN, args.since):
-        print(
-            f"callscribe watch: --since: not a history ID (like 1700000000000-0, or 0): "
-            f"{args.since!r}",
-            file=sys.stderr,
-        )
-        return 2
-    options = WatchOptions(
-        url=url,
-        call_sid=args.call_sid,
-        since=args.since,
-        open_timeout_s=args.open_timeout_s,
-        reconnects=args.reconnects,
-        token=args.token or None,
-        reconnect_for_s=args.retry_for_s,
-    )
-    renderer = CallRenderer(sys.stdout)
-
-    async def main(stop: asyncio.Event) -> int:
-        return await until_stopped(watch(options, renderer), stop)
-
-    return aio.run_until_signal(main)
-
-
-def _cmd_token(args: argparse.Namespace) -> int:
-    from services.gateway.auth import Scope, mint
-
-    secret = os.environ.get("JWT_SECRET", "")
-    if not secret:
-        print("callscribe token: set JWT_SECRET (the gateway's secret) first", file=sys.stderr)
-        return 2
-    scope = Scope.CALL if args.call else Scope.NUMBERS if args.number else Scope.ALL
-    try:
-        token = mint(
-            secret,
-            scope=scope,
-            numbers=args.number,
-            call_sid=args.call,
-            history=args.history,
-            ttl_s=args.ttl_s,
-            subject=args.subject,
-            audience=os.environ.get("JWT_AUDIENCE") or "callscribe",
-        )
-    except ValueError as exc:
-        print(f"callscribe token: {exc}", file=sys.stderr)
-        return 2
-    print(token)
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    # settings are read from the environment by each service: set them before any import
-    os.environ.setdefault("REDIS_URL", "memory://")
-    os.environ["ASR_ENGINE"] = "whisper"
-    if not args.speed >= 0:  # also refuses nan
-        print(
-            "callscribe demo: --speed must not be negative (0 = as fast as possible)",
-            file=sys.stderr,
-        )
-        return 2
-    from callscribe.demo import DemoOptions, run_demo
-
-    options = DemoOptions(
-        speed=args.speed,
-        serve=args.serve,
-        ingest_port=args.ingest_port,
-        gateway_port=args.gateway_port,
-        audio=args.audio,
-    )
-    from callscribe.pipes import EXIT_BROKEN_PIPE, PipeGuard, silence_stdout
-
-    guard: PipeGuard | None = None
-
-    def demo(stop: asyncio.Event) -> Awaitable[int]:
-        nonlocal guard
-        guard = PipeGuard(sys.stdout, stop.set)  # head -3 closing the pipe stops the demo
-        return run_demo(options, stop, out=guard)  # type: ignore[arg-type]
-
-    status = aio.run_until_signal(demo)
-    if guard is not None and guard.broken:
-        silence_stdout()
-        return EXIT_BROKEN_PIPE
-    return status
 
 
 # --------------------------------------------------------------------------- parser
@@ -255,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", default=[], metavar="K=V", help="custom parameter (From, To…)"
     )
     sim.add_argument("--open-timeout-s", type=float, default=10.0, help="handshake timeout (s)")
-    sim.set_defaults(func=_cmd_simulate)
+    sim.set_defaults(func=commands.cmd_simulate)
 
     watch = sub.add_parser(
         "watch",
@@ -287,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("CALLSCRIBE_TOKEN"),
         help="bearer token for the gateway (callscribe token); default $CALLSCRIBE_TOKEN",
     )
-    watch.set_defaults(func=_cmd_watch)
+    watch.set_defaults(func=commands.cmd_watch)
 
     token = sub.add_parser(
         "token",
@@ -305,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--ttl-s", type=float, default=3600.0, help="valid for this long (s)")
     token.add_argument("--subject", default="operator", help="who holds it (the sub claim)")
-    token.set_defaults(func=_cmd_token)
+    token.set_defaults(func=commands.cmd_token)
     add_rest_commands(sub)
 
     demo = sub.add_parser(
@@ -320,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ingest-port", type=int, default=None, help="ingest port (5000 if free)")
     demo.add_argument("--gateway-port", type=int, default=None, help="gateway port (8080 if free)")
     demo.add_argument("--audio", default=None, help="a WAV to stream instead of the bundled one")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=commands.cmd_demo)
     return parser
 
 

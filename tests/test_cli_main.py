@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from callscribe import cli
+from callscribe import cli, commands
 from callscribe.watch_options import v1_url
 
 CALLSCRIBE = str(Path(sys.executable).with_name("callscribe"))
@@ -21,7 +21,7 @@ def test_ctrl_c_before_the_signal_handlers_exits_130(monkeypatch: pytest.MonkeyP
     def interrupted(args: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_cmd_demo", interrupted)
+    monkeypatch.setattr(commands, "cmd_demo", interrupted)
     try:
         status = cli.main(["demo"])
     except KeyboardInterrupt:
