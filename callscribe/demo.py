@@ -9,8 +9,8 @@ watched through the gateway's real ``/v1/ws`` exactly like ``callscribe watch``.
 returns 0 once the call has ended and its last final is shown (``serve`` keeps the services up
 for more calls until ``stop``), 130 when ``stop`` was set from outside (Ctrl-C).
 
-Over 300 lines, not split yet: the demo's one flow (start services, stream, watch, stop) with its
-shutdown paths; issue 7 flattens it into steps in their own module.
+The call itself (wait for the ports, watch, stream, await the end) is
+:class:`callscribe.demo_call.DemoCall`'s.
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from callscribe.render import CallRenderer
+from callscribe.demo_call import DemoCall, cancel_quietly, first
 from callscribe.simulate import load_tracks
-from callscribe.twilio_messages import new_sid
-from callscribe.watch import Watcher
-from callscribe.watch_options import WatchOptions
-from shared.aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +33,22 @@ DEFAULT_INGEST_PORT = 5000
 DEFAULT_GATEWAY_PORT = 8080
 SHUTDOWN_GRACE_S = 15.0
 """How long the services may take to stop once ``stop`` is set before they are cancelled."""
-STARTUP_TIMEOUT_S = 60.0
-"""How long the services may take to listen (the Whisper model loads first)."""
-END_GRACE_S = 60.0
-END_PER_AUDIO_S = 2.0
-"""Once the call is streamed, its end must be shown within ``END_GRACE_S`` plus
-``END_PER_AUDIO_S`` seconds per second of audio (a backlog to transcribe), else the demo fails."""
 
 
 @dataclass
 class DemoOptions:
     """``speed``: pace multiplier (1.0 = real time). ``serve``: keep serving after the call.
     ``ingest_port``/``gateway_port``: None = 5000/8080 when free, else a free port; 0 = any.
-    ``audio``: a WAV path to stream instead of the bundled recording."""
+    ``audio``: a WAV path to stream instead of the bundled recording. ``end_grace_s``,
+    ``end_per_audio_s``: see :class:`callscribe.demo_call.DemoCall`."""
 
     speed: float = 1.0
     serve: bool = False
     ingest_port: int | None = None
     gateway_port: int | None = None
     audio: str | None = None
+    end_grace_s: float = 60.0
+    end_per_audio_s: float = 2.0
 
 
 def bundled_recording() -> Path:
@@ -155,7 +148,7 @@ class Demo:
             name="demo-services",
         )
         try:
-            await _first(services, self.stop.wait())
+            await first(services, self.stop.wait())
             if not services.done():
                 try:
                     async with asyncio.timeout(SHUTDOWN_GRACE_S):
@@ -165,11 +158,11 @@ class Demo:
                         "shutdown: services did not stop in time",
                         extra={"grace_s": SHUTDOWN_GRACE_S},
                     )
-                    await _cancel(services)
+                    await cancel_quietly(services)
             if not services.cancelled():
                 services.result()
         finally:
-            await _cancel(services)
+            await cancel_quietly(services)
             await engine.aclose()
         return self.status
 
@@ -209,7 +202,16 @@ class Demo:
     ) -> None:
         """Wait for the ports, stream and watch the call; then stop unless ``serve``."""
         try:
-            self.status = await self._demo_call(tracks, audio, ingest_bound, gateway_bound)
+            call = DemoCall(
+                tracks,
+                audio,
+                self.options.speed,
+                self.out,
+                self.stop,
+                end_grace_s=self.options.end_grace_s,
+                end_per_audio_s=self.options.end_per_audio_s,
+            )
+            self.status = await call.run(ingest_bound, gateway_bound)
             if self.options.serve and not self.stop.is_set():
                 self.say("services keep running (--serve); Ctrl-C stops them")
                 await self.stop.wait()
@@ -217,111 +219,6 @@ class Demo:
             if self.stop.is_set() and self.status == 0:
                 self.status = 130
             self.stop.set()
-
-    async def _demo_call(
-        self,
-        tracks: list[bytes],
-        audio: Path,
-        ingest_bound: asyncio.Future[int],
-        gateway_bound: asyncio.Future[int],
-    ) -> int:
-        from callscribe.twilio_client import SimCall, stream_call
-
-        stopped = asyncio.create_task(self.stop.wait())
-        bounds = (ingest_bound, gateway_bound)
-        try:
-            async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                # asyncio.wait, not gather: leaves the futures alone when stopped (a cancelled
-                # gather would cancel them and log "exception was never retrieved")
-                await _first(asyncio.wait(bounds, return_when=asyncio.FIRST_EXCEPTION), stopped)
-            if stopped.done():
-                return 130
-            if any(f.done() and not f.cancelled() and f.exception() for f in bounds):
-                return 1
-            ingest_port, gateway_port = ingest_bound.result(), gateway_bound.result()
-            ingest_url = f"ws://127.0.0.1:{ingest_port}/twilio"
-            gateway_url = f"ws://127.0.0.1:{gateway_port}"
-            self.say(f"ingest  : {ingest_url}  (Twilio Media Streams)")
-            self.say(f"gateway : http://127.0.0.1:{gateway_port}/  (web page)")
-            self.say(f"watch from another terminal: callscribe watch --gateway {gateway_url}")
-            call = SimCall(
-                tracks=tracks,
-                call_sid=new_sid("CA"),
-                stream_sid=new_sid("MZ"),
-                account_sid=new_sid("AC"),
-                custom_parameters={"demo": "1"},
-            )
-            renderer = CallRenderer(self.out)
-            watcher = Watcher(
-                WatchOptions(url=gateway_url, call_sid=call.call_sid, wait_for_start=True),
-                renderer,
-            )
-            watching = asyncio.create_task(watcher.run(), name="demo-watch")
-            try:
-                async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                    await _first(watcher.ready.wait(), watching, stopped)
-                if stopped.done() or watching.done():
-                    return 130 if stopped.done() else 1
-                seconds = len(tracks[0]) / 8000
-                self.say(
-                    f"streaming {audio.name} ({seconds:.1f} s, {len(tracks)} tracks) "
-                    f"as call {call.call_sid} at {self.options.speed:g}x"
-                )
-                t_stream = time.monotonic()
-                streaming = asyncio.create_task(
-                    stream_call(ingest_url, call, speed=self.options.speed), name="demo-stream"
-                )
-                timing = asyncio.create_task(self._time_first(watcher, renderer, t_stream))
-                try:
-                    await _first(watching, streaming, stopped)
-                    if streaming.done() and not watching.done() and not stopped.done():
-                        if streaming.exception() is not None:
-                            renderer.note(f"streaming failed: {streaming.exception()}")
-                            return 1
-                        # the call is streamed: wait for its end, bounded (never hang)
-                        end_timeout_s = END_GRACE_S + END_PER_AUDIO_S * seconds
-                        try:
-                            async with asyncio.timeout(end_timeout_s):
-                                await _first(watching, stopped)
-                        except TimeoutError:
-                            renderer.note(f"the call did not end within {end_timeout_s:.0f} s")
-                            return 1
-                    if stopped.done():
-                        return 130
-                    return watching.result()
-                finally:
-                    await _cancel(timing)
-                    await _cancel(streaming)
-            finally:
-                await _cancel(watching)
-        except TimeoutError:
-            self.say("the services did not start in time")
-            return 1
-        finally:
-            stopped.cancel()
-
-    async def _time_first(self, watcher: Watcher, renderer: CallRenderer, t0: float) -> None:
-        await watcher.first_transcript.wait()
-        renderer.note(f"first transcript {time.monotonic() - t0:.1f} s after the call started")
-
-
-async def _first(*aws: Any) -> None:
-    """Wait until the first of ``aws`` (tasks or coroutines) completes; cancel the coroutines."""
-    tasks = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in aws]
-    owned = [t for t, a in zip(tasks, aws, strict=True) if t is not a]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in owned:
-            await _cancel(t)
-
-
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and wait for it; its own errors are logged, not raised."""
-    try:
-        await cancel_and_wait(task)
-    except Exception as exc:
-        log.warning("demo task failed", extra={"task": task, "error": type(exc).__name__})
 
 
 def _redacted(url: str) -> str:

@@ -189,11 +189,14 @@ async def test_a_call_that_never_ends_fails_the_demo_in_bounded_time(
 
     monkeypatch.setattr(demo, "_preload_engine", loaded)
     monkeypatch.setattr(transcriber_app, "run", _waits_for_stop)
-    monkeypatch.setattr(demo, "END_GRACE_S", 1.0)
-    monkeypatch.setattr(demo, "END_PER_AUDIO_S", 0.0)
     out = io.StringIO()
     options = demo.DemoOptions(
-        ingest_port=0, gateway_port=0, speed=0, audio=str(_short_wav(tmp_path / "short.wav"))
+        ingest_port=0,
+        gateway_port=0,
+        speed=0,
+        audio=str(_short_wav(tmp_path / "short.wav")),
+        end_grace_s=1.0,
+        end_per_audio_s=0.0,
     )
     status = await asyncio.wait_for(demo.run_demo(options, asyncio.Event(), out), IN_PROCESS_S)
     assert status == 1, out.getvalue()
