@@ -1,10 +1,15 @@
 """One typed settings object per service, read from the environment (README.md, "Configuration").
 
 Every field reads the environment variable of the same name in upper case (``frame_ms`` ←
-``FRAME_MS``). Units are in the names. Timeouts are settings so tests run in milliseconds.
+``FRAME_MS``), except where two services have a field of the same name: those carry the
+service's prefix (``INGEST_PORT``, ``GATEWAY_PORT``) so one environment can hold both, and the
+unprefixed name is still read, with a warning at start (:func:`shared.settings_doc.deprecated_names`), for one
+release. ``tests/shared/test_settings.py`` checks that no other name is read by two services.
+Units are in the names. Timeouts are settings so tests run in milliseconds.
 
-Over 300 lines on purpose: every service's settings in one module, from which the README's
-configuration table is generated and checked (tests/test_readme.py).
+Over 300 lines on purpose: every service's settings in one module, one field after another;
+:mod:`shared.settings_doc` generates the README's configuration table from them
+(tests/test_readme.py) and finds the names a service still reads for compatibility.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import socket
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -25,7 +30,11 @@ class CommonSettings(BaseSettings):
     """What every service honours."""
 
     model_config = SettingsConfigDict(
-        env_prefix="", extra="ignore", case_sensitive=False, env_ignore_empty=True
+        env_prefix="",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
+        populate_by_name=True,  # IngestSettings(port=…) by field name, whatever the variable
     )
 
     redis_url: str = Field(
@@ -61,9 +70,14 @@ class IngestSettings(CommonSettings):
 
     host: str = Field(
         default="127.0.0.1",
+        validation_alias=AliasChoices("INGEST_HOST", "HOST"),
         description="Address ingest listens on; local only unless set (`0.0.0.0` in a container, behind a TLS proxy)",
     )
-    port: int = Field(default=5000, description="Port ingest listens on")
+    port: int = Field(
+        default=5000,
+        validation_alias=AliasChoices("INGEST_PORT", "PORT"),
+        description="Port ingest listens on",
+    )
     frame_ms: int = Field(default=100, ge=20, le=1000, description="Length of one mixed frame")
     reorder_ms: int = Field(
         default=60,
@@ -123,6 +137,7 @@ class IngestSettings(CommonSettings):
     max_connections_per_ip: int = Field(
         default=2_000,
         gt=0,
+        validation_alias=AliasChoices("INGEST_MAX_CONNECTIONS_PER_IP", "MAX_CONNECTIONS_PER_IP"),
         description="Open /twilio sockets per client address (Twilio's media servers share addresses); more get HTTP 429",
     )
     forward_to: str | None = Field(
@@ -263,7 +278,9 @@ class TranscriberSettings(CommonSettings):
     whisper_threads: int = Field(default=2, gt=0, description="CPU threads of the embedded model")
     whisper_interim_s: float = Field(default=1.0, gt=0, description="Interim hypothesis cadence")
     whisper_min_silence_ms: int = Field(
-        default=500, gt=0, description="Silence after which the open utterance is decoded (it becomes final then if it ends a sentence, else after a further hold)"
+        default=500,
+        gt=0,
+        description="Silence after which the open utterance is decoded (it becomes final then if it ends a sentence, else after a further hold)",
     )
     whisper_max_utterance_s: float = Field(
         default=15.0, gt=0, description="Longest utterance before it is cut"
@@ -287,9 +304,14 @@ class GatewaySettings(CommonSettings):
 
     host: str = Field(
         default="127.0.0.1",
+        validation_alias=AliasChoices("GATEWAY_HOST", "HOST"),
         description="Address the gateway listens on; local only unless set (`0.0.0.0` in a container, behind a TLS proxy)",
     )
-    port: int = Field(default=8080, description="Port the gateway listens on")
+    port: int = Field(
+        default=8080,
+        validation_alias=AliasChoices("GATEWAY_PORT", "PORT"),
+        description="Port the gateway listens on",
+    )
     client_queue_max: int = Field(
         default=256,
         gt=0,
@@ -343,6 +365,7 @@ class GatewaySettings(CommonSettings):
     max_connections_per_ip: int = Field(
         default=200,
         gt=0,
+        validation_alias=AliasChoices("GATEWAY_MAX_CONNECTIONS_PER_IP", "MAX_CONNECTIONS_PER_IP"),
         description="Open WebSockets per client address; more get HTTP 429",
     )
     http_max_requests_per_s: float = Field(
@@ -366,33 +389,3 @@ class GatewaySettings(CommonSettings):
         return frozenset(
             o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip()
         )
-
-
-SERVICE_SETTINGS: dict[str, type[CommonSettings]] = {
-    "all services": CommonSettings,
-    "ingest": IngestSettings,
-    "transcriber": TranscriberSettings,
-    "gateway": GatewaySettings,
-}
-"""Each settings model by the service that reads it (``CommonSettings``: every service)."""
-
-
-def markdown_table() -> str:
-    """The configuration table of the README: one row per environment variable.
-
-    The README carries this text between ``<!-- settings -->`` markers and a test checks that
-    they agree, so the documentation cannot drift from the models.
-    """
-    rows = ["| variable | service | meaning | default |", "| --- | --- | --- | --- |"]
-    for service, model in SERVICE_SETTINGS.items():
-        for name, field in model.model_fields.items():
-            if model is not CommonSettings and name in CommonSettings.model_fields:
-                continue
-            if field.default_factory is not None:
-                default = "computed (see meaning)"
-            elif field.default in (None, ""):
-                default = "none"
-            else:
-                default = f"`{field.default}`"
-            rows.append(f"| `{name.upper()}` | {service} | {field.description} | {default} |")
-    return "\n".join(rows)

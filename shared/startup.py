@@ -2,7 +2,7 @@
 
 What a person starting a service sees (issue 11, item 5):
 
-- a bad setting (``PORT=abc``, ``ASR_ENGINE=bogus``): ``callscribe gateway: PORT='abc': Input
+- a bad setting (``GATEWAY_PORT=abc``, ``ASR_ENGINE=bogus``): ``callscribe gateway: PORT='abc': Input
   should be a valid integer…`` and exit status 2, never pydantic's traceback
   (:func:`load_settings`, :func:`describe_validation`);
 - a port already taken: ``callscribe gateway: cannot listen on 0.0.0.0:8080: address already in
@@ -35,6 +35,8 @@ from shared.logs import setup_logging
 from shared.redisconn import connect, is_memory
 from shared.retry import REDIS_FAILURES
 from shared.service import run_until_signal
+from shared.settings import CommonSettings
+from shared.settings_doc import deprecated_names
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def describe_validation(exc: ValidationError) -> str:
     """One line naming each bad environment variable, its value (unless secret) and the problem.
 
     ``port: Input should be a valid integer [type=int_parsing, input_value='abc']`` becomes
-    ``PORT='abc': Input should be a valid integer, unable to parse string as an integer``.
+    ``GATEWAY_PORT='abc': Input should be a valid integer, unable to parse string as an integer``.
     """
     parts = []
     for err in exc.errors():
@@ -84,6 +86,14 @@ def load_settings(cls: type[S]) -> S:
         return cls()
     except ValidationError as exc:
         raise ConfigError(describe_validation(exc)) from None
+
+
+def warn_deprecated_names(cls: type[CommonSettings]) -> None:
+    """One warning per deprecated variable name set in the environment (``PORT`` where
+    ``INGEST_PORT`` is meant: :func:`shared.settings_doc.deprecated_names`); call it once
+    logging is set up."""
+    for old, new in deprecated_names(cls):
+        log.warning("deprecated setting name", extra={"variable": old, "use": new})
 
 
 def redact_url(url: str) -> str:
@@ -211,7 +221,7 @@ async def http_check(host: str, port: int, timeout_s: float = 5.0) -> tuple[bool
         return False, f"{url}: {exc.__class__.__name__}: {exc}"
 
 
-H = TypeVar("H", bound=BaseSettings)
+H = TypeVar("H", bound=CommonSettings)
 
 
 def http_service_main(
@@ -247,6 +257,7 @@ def http_service_main(
     args = parser.parse_args(argv)
     settings = settings.model_copy(update={"host": args.host, "port": args.port})
     setup_logging(getattr(settings, "log_level"))  # noqa: B009
+    warn_deprecated_names(settings_cls)
     if args.check:
         ok, why = asyncio.run(http_check(args.host, args.port))
         if not ok:

@@ -23,7 +23,7 @@ def _env(**extra: str) -> dict[str, str]:
     base = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("ASR_ENGINE", "DEEPGRAM_API_KEY", "PORT", "HOST", "LOG_LEVEL", "REDIS_URL")
+        if k not in ("ASR_ENGINE", "DEEPGRAM_API_KEY", "PORT", "HOST", "GATEWAY_PORT", "INGEST_PORT", "GATEWAY_HOST", "INGEST_HOST", "LOG_LEVEL", "REDIS_URL")
     }
     # these tests are about configuration errors, not security: run the services open
     insecure = {"GATEWAY_AUTH": "none", "TWILIO_INSECURE": "true"}
@@ -48,7 +48,8 @@ def _one_line(done: subprocess.CompletedProcess[str], prefix: str) -> str:
     ("service", "env", "names"),
     [
         ("transcriber", {"ASR_ENGINE": "bogus"}, "ASR_ENGINE='bogus'"),
-        ("gateway", {"PORT": "abc"}, "PORT='abc'"),
+        ("gateway", {"GATEWAY_PORT": "abc"}, "GATEWAY_PORT='abc'"),
+        ("gateway", {"PORT": "abc"}, "PORT='abc'"),  # the old name, still read
         ("ingest", {"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud'"),
         ("ingest", {"PUBLIC_URL": "abc.example"}, "PUBLIC_URL"),
     ],
@@ -56,7 +57,7 @@ def _one_line(done: subprocess.CompletedProcess[str], prefix: str) -> str:
 def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
     service: str, env: dict[str, str], names: str
 ) -> None:
-    """ASR_ENGINE=bogus, PORT=abc…: `callscribe <service>: VAR='value': why`, exit 2, no traceback."""
+    """ASR_ENGINE=bogus, GATEWAY_PORT=abc…: `callscribe <service>: VAR='value': why`, exit 2, no traceback."""
     done = _run(service, **env)
     assert done.returncode == 2
     assert names in _one_line(done, f"callscribe {service}: ")

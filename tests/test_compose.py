@@ -21,6 +21,7 @@ import yaml
 
 from callscribe.cli import SERVICES, build_parser
 from shared.settings import GatewaySettings, IngestSettings, TranscriberSettings
+from shared.settings_doc import env_names
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,13 +120,13 @@ def test_environment_names_are_settings_fields(compose: dict[str, Any]) -> None:
         "PUBLIC_URL",
         "FORWARD_TO",
     }
-    every_field = {f.upper() for cls in SETTINGS.values() for f in cls.model_fields}
+    every_field = {env_names(cls, f)[0] for cls in SETTINGS.values() for f in cls.model_fields}
     for name in SERVICES:
         env = compose["services"][name]["environment"]
         assert required <= set(env), name
         assert set(env) <= every_field, set(env) - every_field
         assert _substitute(env["REDIS_URL"], SHELL) == "redis://:test-password@redis:6379/0"
-    own = {f.upper() for f in IngestSettings.model_fields}
+    own = {env_names(IngestSettings, f)[0] for f in IngestSettings.model_fields}
     assert {"TWILIO_AUTH_TOKEN", "PUBLIC_URL", "FORWARD_TO"} <= own
     assert {"DEEPGRAM_API_KEY", "ASR_ENGINE"} <= {
         f.upper() for f in TranscriberSettings.model_fields
@@ -133,10 +134,10 @@ def test_environment_names_are_settings_fields(compose: dict[str, Any]) -> None:
 
 
 def test_every_setting_reaches_its_service(compose: dict[str, Any]) -> None:
-    """Each setting of the README's table (but per-container HOST, PORT, CONSUMER) is passed on."""
-    per_container = {"HOST", "PORT", "CONSUMER"}
+    """Each setting of the README's table (but per-container hosts, ports, CONSUMER) is passed on."""
+    per_container = {"INGEST_HOST", "INGEST_PORT", "GATEWAY_HOST", "GATEWAY_PORT", "CONSUMER"}
     for name, cls in SETTINGS.items():
-        wanted = {f.upper() for f in cls.model_fields} - per_container
+        wanted = {env_names(cls, f)[0] for f in cls.model_fields} - per_container
         passed = set(compose["services"][name]["environment"])
         assert wanted <= passed, (name, sorted(wanted - passed))
 

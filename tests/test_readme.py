@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from shared.settings import markdown_table
+from shared.settings_doc import markdown_table
 from tests.conftest import ROOT
 
 

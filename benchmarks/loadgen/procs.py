@@ -117,7 +117,7 @@ class Fleet:
             "MAX_CALLS": str(max_calls), "PYTHONUNBUFFERED": "1",
             # every simulated call and watcher comes from 127.0.0.1, unauthenticated
             "TWILIO_INSECURE": "1", "GATEWAY_AUTH": "none",
-            "MAX_CONNECTIONS_PER_IP": "1000000", "HTTP_MAX_REQUESTS_PER_S": "1000000",
+            "INGEST_MAX_CONNECTIONS_PER_IP": "1000000", "GATEWAY_MAX_CONNECTIONS_PER_IP": "1000000", "HTTP_MAX_REQUESTS_PER_S": "1000000",
         }  # fmt: skip
         self.ingest_port = free_port()
         self._spawn("ingest", ["-m", "services.ingest", "--host", "127.0.0.1",

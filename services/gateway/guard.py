@@ -5,7 +5,7 @@
   otherwise the gateway's own origin (``Origin`` host equal to ``Host``) or one listed in
   ``ALLOWED_ORIGINS``. Refused handshakes get HTTP 403 before any upgrade, so a foreign page
   learns nothing (https://websockets.readthedocs.io/en/stable/topics/security.html, Origin).
-* At most ``MAX_CONNECTIONS_PER_IP`` open WebSockets per client address (HTTP 429 beyond).
+* At most ``GATEWAY_MAX_CONNECTIONS_PER_IP`` open WebSockets per client address (HTTP 429 beyond).
 * At most ``HTTP_MAX_REQUESTS_PER_S`` HTTP requests per second per address (burst 2 s worth;
   429 beyond), WebSocket handshakes included.
 

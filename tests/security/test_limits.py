@@ -177,7 +177,7 @@ async def test_v1_ws_idle_clients_are_closed(secure_gateway, redis: aioredis.Red
 
 
 async def test_per_address_connection_and_message_limits(secure_gateway, ingest) -> None:
-    """Per client address: WebSockets beyond MAX_CONNECTIONS_PER_IP get 429 (gateway and
+    """Per client address: WebSockets beyond INGEST_/GATEWAY_MAX_CONNECTIONS_PER_IP get 429 (gateway and
     ingest), HTTP beyond HTTP_MAX_REQUESTS_PER_S gets 429, and a /v1/ws client sending
     faster than CLIENT_MAX_MSGS_PER_S is closed 1008."""
     tok = token()

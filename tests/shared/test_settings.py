@@ -23,7 +23,8 @@ def test_ports_and_urls_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
     """REDIS_URL, FRAME_MS and the default ports follow the contract."""
     monkeypatch.setenv("REDIS_URL", "redis://example:6380/2")
     monkeypatch.setenv("FRAME_MS", "40")
-    monkeypatch.delenv("PORT", raising=False)
+    for name in ("PORT", "INGEST_PORT", "GATEWAY_PORT"):
+        monkeypatch.delenv(name, raising=False)
     ingest = IngestSettings()
     assert (ingest.redis_url, ingest.frame_ms, ingest.port) == ("redis://example:6380/2", 40, 5000)
     assert GatewaySettings().port == 8080
@@ -61,3 +62,37 @@ def test_transcriber_metrics_server_is_local_on_a_free_port_by_default(
     monkeypatch.delenv("METRICS_PORT", raising=False)
     s = TranscriberSettings()
     assert (s.metrics_host, s.metrics_port) == ("127.0.0.1", 0)
+
+
+def test_no_variable_means_two_things() -> None:
+    """Apart from what every service honours (CommonSettings), no environment variable is read
+    by two services, so one environment (or one .env file) can configure them all."""
+    from shared.settings import CommonSettings
+    from shared.settings_doc import env_names
+
+    readers: dict[str, set[str]] = {}
+    for service, model in {
+        "ingest": IngestSettings,
+        "transcriber": TranscriberSettings,
+        "gateway": GatewaySettings,
+    }.items():
+        for name in model.model_fields:
+            if name in CommonSettings.model_fields:
+                continue
+            for env in env_names(model, name)[:1]:  # the preferred name; old ones are deprecated
+                readers.setdefault(env, set()).add(service)
+    assert {env: s for env, s in readers.items() if len(s) > 1} == {}
+
+
+def test_old_names_are_still_read_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PORT still sets ingest's port when INGEST_PORT is not set, and is reported as deprecated;
+    INGEST_PORT wins over it."""
+    from shared.settings_doc import deprecated_names
+
+    monkeypatch.setenv("PORT", "6001")
+    monkeypatch.delenv("INGEST_PORT", raising=False)
+    assert IngestSettings().port == 6001
+    assert deprecated_names(IngestSettings) == [("PORT", "INGEST_PORT")]
+    monkeypatch.setenv("INGEST_PORT", "6002")
+    assert IngestSettings().port == 6002
+    assert deprecated_names(IngestSettings) == []
