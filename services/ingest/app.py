@@ -3,9 +3,9 @@
 Routes:
 
 * ``WebSocket /twilio``: one Twilio Media Stream per connection
-  (https://www.twilio.com/docs/voice/media-streams/websocket-messages). The read loop only
-  parses, mixes and submits to the :class:`~services.ingest.publisher.Publisher`; it never
-  awaits Redis (Twilio discards audio from a slow reader, error 31930).
+  (https://www.twilio.com/docs/voice/media-streams/websocket-messages), once its signature and
+  the per-address connection limit are checked; :mod:`services.ingest.streams` reads it, never
+  awaiting Redis (Twilio discards audio from a slow reader, error 31930).
 * ``GET``/``POST /twiml``: the voice webhook (:mod:`services.ingest.twiml`).
 * ``GET /healthz``: ``{"status", "calls", "redis", "writes_ok", "dropped_frames", "pending"}``; 503 when Redis does not
   answer.
@@ -13,36 +13,25 @@ Routes:
 
 :func:`run` serves until ``stop`` is set, then ends every open stream (its remaining audio and
 eof), drains the publisher within :data:`DRAIN_GRACE_S` and logs one summary line.
-
-Over 300 lines, not split yet: the /twilio read loop with its admission, pacing and idle watchdog,
-which share the open-stream registry; the seam is the HTTP routes versus the stream registry
-(issue 7).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import Counter
-from collections.abc import Iterator, Sequence
 
-from aiohttp import WSMsgType, web
-from websockets.frames import CloseCode
+from aiohttp import web
 
-from shared.errors import TwilioMessageError
-from shared.limits import ConnectionCounter, pace_delay_s
+from shared.limits import ConnectionCounter
 from shared.metrics import metrics_handler
 from shared.redisconn import connect
-from shared.schema import AudioFrame
 from shared.service import serving
 from shared.settings import IngestSettings
 
-from .admission import Admission, Verdict, check_settings
-from .metrics import StreamTotals, ingest_registry
-from .mixer import Mixer
+from .admission import Admission, check_settings
+from .metrics import ingest_registry
 from .publisher import Publisher
-from .twilio import FATAL_CODES, Action, CallEnd, CallStart, Phase, TwilioStream
+from .streams import MAX_MESSAGE_BYTES, MediaStreams
 from .twiml import STREAM_PATH, TwilioAuth, voice_webhook
 
 log = logging.getLogger(__name__)
@@ -50,38 +39,8 @@ log = logging.getLogger(__name__)
 DRAIN_GRACE_S = 5.0
 """How long shutdown waits for the publisher to write what is buffered, s."""
 
-ERROR_LOGS_PER_CODE = 3
-"""Bad-input lines logged per error code per connection; the rest go in the closing summary."""
-
 HEALTH_PING_TIMEOUT_S = 1.0
 """How long ``/healthz`` waits for Redis to answer PING, s."""
-
-
-PACE_EVERY = 256
-"""The read loop checks a socket's message rate once per this many messages."""
-
-MAX_MESSAGE_BYTES = 1 << 20
-"""Largest WebSocket message accepted on ``/twilio``; a media message is about 300 bytes."""
-
-
-class _Connection:
-    """One ``/twilio`` socket: its stream state, the bad input it sent, and how much arrived.
-
-    ``received`` counts messages; the idle watchdog compares it between its rounds instead of
-    rescheduling a timer per message.
-    """
-
-    __slots__ = ("errors", "idle", "opened_at", "quiet_since", "received", "seen", "stream", "ws")
-
-    def __init__(self, stream: TwilioStream, ws: web.WebSocketResponse, now: float) -> None:
-        self.stream = stream
-        self.ws = ws
-        self.opened_at = now
-        self.errors: Counter[str] = Counter()
-        self.received = 0
-        self.seen = 0
-        self.quiet_since = now
-        self.idle = False
 
 
 class Ingest:
@@ -98,31 +57,14 @@ class Ingest:
         self.admission = admission
         self.auth = TwilioAuth(settings)
         self.connections = ConnectionCounter(settings.max_connections_per_ip)
-        self._open: dict[int, _Connection] = {}
-        self._closers: set[asyncio.Task[None]] = set()
-        self.calls_started = 0
-        self.calls_ended = 0
-        self.bad_input = 0
-        self.totals = StreamTotals()
-        self.registry = ingest_registry(self)
+        self.streams = MediaStreams(settings, publisher, admission)
+        self.registry = ingest_registry(self.streams)
         self.app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
         self.app.router.add_get(STREAM_PATH, self.twilio_ws)
         self.app.router.add_route("GET", "/twiml", self.twiml)
         self.app.router.add_route("POST", "/twiml", self.twiml)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/metrics", metrics_handler(self.registry))
-
-    @property
-    def live_calls(self) -> int:
-        """Streams that have started and not ended."""
-        return sum(1 for c in self._open.values() if c.stream.phase is Phase.STARTED)
-
-    def stream_counts(self) -> Iterator[tuple[int, Mixer | None, bool]]:
-        """Per open ``/twilio`` socket: (messages received, its mixer, whether its call is live)."""
-        for c in list(self._open.values()):
-            yield c.received, c.stream.mixer, c.stream.phase is Phase.STARTED
-
-    # ------------------------------------------------------------------ routes
 
     async def twiml(self, request: web.Request) -> web.Response:
         """The voice webhook."""
@@ -133,7 +75,7 @@ class Ingest:
         ok = await self.publisher.ping(HEALTH_PING_TIMEOUT_S)
         body = {
             "status": "ok" if ok else "redis_unavailable",
-            "calls": self.live_calls,
+            "calls": self.streams.live_calls,
             "redis": ok,
             "writes_ok": self.publisher.redis_ok,
             "dropped_frames": self.publisher.dropped_frames,
@@ -143,7 +85,8 @@ class Ingest:
 
     async def twilio_ws(self, request: web.Request) -> web.StreamResponse:
         """Serve one Twilio Media Stream until ``stop``, a close, idleness or unusable media
-        format. A handshake without a valid signature gets HTTP 403."""
+        format. A handshake without a valid signature gets HTTP 403; one more than
+        ``max_connections_per_ip`` from one address gets HTTP 429."""
         if not self.auth.check_ws(request):
             log.warning("stream signature refused", extra={"client": request.remote or "?"})
             return web.Response(status=403, text="invalid Twilio signature\n")
@@ -152,181 +95,9 @@ class Ingest:
             log.warning("too many streams from one address", extra={"client": client})
             return web.Response(status=429, text="too many connections\n")
         try:
-            return await self._serve(request)
+            return await self.streams.serve(request)
         finally:
             self.connections.release(client)
-
-    async def _serve(self, request: web.Request) -> web.WebSocketResponse:
-        # No heartbeat: Twilio sends 50 packets a second per track, silence included, so the
-        # idle watchdog (one task for all streams) finds a dead peer without a timer per message.
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False)
-        await ws.prepare(request)
-        conn = _Connection(
-            TwilioStream(
-                frame_ms=self.settings.frame_ms,
-                reorder_ms=self.settings.reorder_ms,
-                max_gap_ms=self.settings.max_gap_ms,
-                silence_budget_ms=self.settings.silence_budget_ms,
-            ),
-            ws,
-            asyncio.get_running_loop().time(),
-        )
-        self._open[id(conn)] = conn
-        reason = "disconnect"
-        try:
-            reason = await self._read(ws, conn)
-        finally:
-            self._end(conn, "idle" if conn.idle else reason)
-        return ws
-
-    async def _read(self, ws: web.WebSocketResponse, conn: _Connection) -> str:
-        """Read one stream to its end; the reason it ended (``disconnect`` or an error code)."""
-        stream = conn.stream
-        async for message in ws:
-            conn.received += 1
-            if not conn.received % PACE_EVERY and (delay_s := self._pace(conn)):
-                await asyncio.sleep(delay_s)  # faster than STREAM_MAX_MSGS_PER_S: read slower
-            if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
-                raw = message.data
-            else:  # ERROR: the reader failed (oversized or malformed frame); aiohttp closes
-                return "disconnect"
-            try:
-                actions = stream.feed(raw)
-            except TwilioMessageError as exc:
-                self._bad_input(conn, exc)
-                if exc.code in FATAL_CODES:
-                    await ws.close(code=FATAL_CODES[exc.code], message=exc.code.encode())
-                    return exc.code
-                continue
-            if actions:
-                if type(actions[0]) is CallStart and not await self._admit(ws, conn, actions[0]):
-                    return "refused"
-                self._publish(conn, actions)
-        return "disconnect"
-
-    def _pace(self, conn: _Connection) -> float:
-        """Seconds to pause a socket sending faster than ``stream_max_msgs_per_s`` on average."""
-        elapsed_s = asyncio.get_running_loop().time() - conn.opened_at
-        return pace_delay_s(conn.received, elapsed_s, self.settings.stream_max_msgs_per_s)
-
-    async def _admit(self, ws: web.WebSocketResponse, conn: _Connection, start: CallStart) -> bool:
-        """Await the admission of a stream's ``start`` (once per call; media waits in the
-        socket meanwhile). A refused stream is closed with 1008 and publishes nothing."""
-        verdict = await self.admission.admit(start.meta, start.stream_token)
-        if verdict is Verdict.ADMITTED:
-            return True
-        conn.stream.refuse()
-        await _close(ws, CloseCode.POLICY_VIOLATION, verdict.value)
-        return False
-
-    async def watch_idle(self) -> None:
-        """Close every ``/twilio`` socket that sent nothing for ``stream_idle_s`` (1001), for
-        ever; a quarter of that period (at most 1 s) apart. Its stream ends with reason
-        ``idle``."""
-        idle_s = self.settings.stream_idle_s
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(1.0, idle_s / 4))
-            now = loop.time()
-            for conn in list(self._open.values()):
-                if conn.received != conn.seen:
-                    conn.seen = conn.received
-                    conn.quiet_since = now
-                elif now - conn.quiet_since >= idle_s and not conn.idle:
-                    conn.idle = True
-                    log.warning(
-                        "stream idle: closing",
-                        extra={"call_sid": conn.stream.call_sid or "-", "idle_s": idle_s},
-                    )
-                    task = asyncio.create_task(_close(conn.ws, CloseCode.GOING_AWAY, "idle"))
-                    self._closers.add(task)
-                    task.add_done_callback(self._closers.discard)
-
-    async def close_streams(self, timeout_s: float) -> None:
-        """Close every open ``/twilio`` socket with 1012 (service restart), waiting at most
-        ``timeout_s`` for the peers; their streams end as on a disconnect."""
-        conns = list(self._open.values())
-        if conns:
-            await asyncio.wait(
-                [asyncio.create_task(_close(c.ws, CloseCode.SERVICE_RESTART, "")) for c in conns],
-                timeout=timeout_s,
-            )
-
-    # ------------------------------------------------------------------ helpers
-
-    def close_all(self, reason: str) -> None:
-        """End every open stream now (remaining frames, then eof). Used at shutdown."""
-        for conn in list(self._open.values()):
-            self._end(conn, reason)
-
-    def _end(self, conn: _Connection, reason: str) -> None:
-        if self._open.pop(id(conn), None) is None:
-            return
-        self._publish(conn, conn.stream.close(reason))
-        stream = conn.stream
-        self.totals.retire(conn.received, stream.mixer)
-        if sum(conn.errors.values()) or stream.meta is None:
-            log.info(
-                "stream closed",
-                extra={
-                    "call_sid": stream.call_sid,
-                    "reason": reason,
-                    "errors": ",".join(f"{k}:{n}" for k, n in sorted(conn.errors.items())),
-                },
-            )
-
-    def _publish(self, conn: _Connection, actions: Sequence[Action]) -> None:
-        stream = conn.stream
-        publisher = self.publisher
-        call_sid = stream.call_sid or ""  # frames only come after start, which sets it
-        for action in actions:
-            if type(action) is AudioFrame:
-                publisher.submit_frame(call_sid, action)
-            elif isinstance(action, CallStart):
-                self.calls_started += 1
-                publisher.submit_start(action.meta)
-                log.info(
-                    "call started",
-                    extra={
-                        "call_sid": action.meta.call_sid,
-                        "stream_sid": action.meta.stream_sid,
-                        "channels": action.meta.channels,
-                    },
-                )
-            elif isinstance(action, CallEnd):
-                self.calls_ended += 1
-                dropped = publisher.submit_eof(action.call_sid, action.end_ms)
-                mixer = stream.mixer
-                log.info(
-                    "call ended",
-                    extra={
-                        "call_sid": action.call_sid,
-                        "reason": action.reason,
-                        "end_ms": action.end_ms,
-                        "packets": mixer.packets if mixer else 0,
-                        "late_packets": mixer.late_packets if mixer else 0,
-                        "duplicate_packets": mixer.duplicate_packets if mixer else 0,
-                        "lost_ms": mixer.lost_ms if mixer else 0,
-                        "dropped_frames": dropped,
-                        "bad_input": sum(conn.errors.values()),
-                    },
-                )
-
-    def _bad_input(self, conn: _Connection, exc: TwilioMessageError) -> None:
-        self.bad_input += 1
-        conn.errors[exc.code] += 1
-        if conn.errors[exc.code] <= ERROR_LOGS_PER_CODE:
-            log.warning(
-                "bad twilio message",
-                extra={"call_sid": conn.stream.call_sid, "code": exc.code, "error": exc.message},
-            )
-
-
-async def _close(ws: web.WebSocketResponse, code: CloseCode, reason: str) -> None:
-    """Close ``ws`` with ``code``, at most 1 s for the peer's answer; never raises."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(1.0):
-            await ws.close(code=code, message=reason.encode())
 
 
 async def run(
@@ -355,17 +126,18 @@ async def run(
         write_timeout_s=min(settings.redis_socket_timeout_s, 10.0),
     )
     ingest = Ingest(settings, publisher, Admission(redis, settings))
+    streams = ingest.streams
     try:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(publisher.run(), name="ingest-publisher")
             async with serving(
                 ingest.app, host=settings.host, port=settings.port, bound=bound, name="ingest"
             ):
-                watchdog = tg.create_task(ingest.watch_idle(), name="ingest-idle")
+                watchdog = tg.create_task(streams.watch_idle(), name="ingest-idle")
                 await stop.wait()
                 watchdog.cancel()
-                await ingest.close_streams(DRAIN_GRACE_S)
-            ingest.close_all("shutdown")
+                await streams.close_streams(DRAIN_GRACE_S)
+            streams.close_all("shutdown")
             publisher.close()
             done, _ = await asyncio.wait({writer}, timeout=DRAIN_GRACE_S)
             if not done:
@@ -375,11 +147,11 @@ async def run(
         log.info(
             "ingest stopped",
             extra={
-                "calls_started": ingest.calls_started,
-                "calls_ended": ingest.calls_ended,
+                "calls_started": streams.calls_started,
+                "calls_ended": streams.calls_ended,
                 "frames_written": publisher.written_frames,
                 "dropped_frames": publisher.dropped_frames,
-                "bad_input": ingest.bad_input,
+                "bad_input": streams.bad_input,
                 "unwritten": publisher.pending,
             },
         )

@@ -1,10 +1,10 @@
 """Ingest's ``/metrics``: figures its read loop and publisher already count, read at scrape time.
 
-Nothing here runs per Twilio message: the read loop keeps counting in plain ints
-(``_Connection.received``, the mixer's ``packets``, the publisher's ``written_frames``…) and
-:func:`ingest_registry` turns them into Prometheus families when scraped. Per-stream counts
-are summed over the open streams plus :class:`StreamTotals`, where each stream's counts go when
-it ends, so every counter is monotonic.
+Nothing here runs per Twilio message: the read loop (:mod:`services.ingest.streams`) keeps
+counting in plain ints (``_Connection.received``, the mixer's ``packets``, the publisher's
+``written_frames``…) and :func:`ingest_registry` turns them into Prometheus families when
+scraped. Per-stream counts are summed over the open streams plus :class:`StreamTotals`, where
+each stream's counts go when it ends, so every counter is monotonic.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from shared.metrics import CollectorRegistry, ScrapeCollector, counter, gauge
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-    from services.ingest.app import Ingest
+    from services.ingest.streams import MediaStreams
 
 
 class StreamTotals:
@@ -41,15 +41,16 @@ class StreamTotals:
             self.lost_ms += mixer.lost_ms
 
 
-def ingest_registry(ingest: Ingest) -> CollectorRegistry:
-    """A registry of its own for one ingest instance (see docs/architecture.md, "Metrics")."""
+def ingest_registry(streams: MediaStreams) -> CollectorRegistry:
+    """A registry of its own for one ingest instance, read from its ``streams`` and their
+    publisher and admission at scrape time (see docs/architecture.md, "Metrics")."""
     registry = CollectorRegistry()
-    registry.register(ScrapeCollector(lambda: _collect(ingest)))
+    registry.register(ScrapeCollector(lambda: _collect(streams)))
     return registry
 
 
-def _collect(ingest: Ingest) -> Iterator[Metric]:
-    totals = ingest.totals
+def _collect(streams: MediaStreams) -> Iterator[Metric]:
+    totals = streams.totals
     messages, packets, late, lost_ms = (
         totals.messages,
         totals.packets,
@@ -57,14 +58,14 @@ def _collect(ingest: Ingest) -> Iterator[Metric]:
         totals.lost_ms,
     )
     live = 0
-    for received, mixer, started in ingest.stream_counts():
+    for received, mixer, started in streams.stream_counts():
         messages += received
         live += started
         if mixer is not None:
             packets += mixer.packets
             late += mixer.late_packets
             lost_ms += mixer.lost_ms
-    pub = ingest.publisher
+    pub = streams.publisher
     yield from (
         counter(
             "callscribe_ingest_twilio_messages",
@@ -102,22 +103,22 @@ def _collect(ingest: Ingest) -> Iterator[Metric]:
         gauge(
             "callscribe_ingest_write_buffer_limit_frames",
             "WRITE_BUFFER_FRAMES: beyond this many buffered frames audio is dropped",
-            ingest.settings.write_buffer_frames,
+            streams.settings.write_buffer_frames,
         ),
         counter(
-            "callscribe_ingest_calls_started", "Calls whose stream started", ingest.calls_started
+            "callscribe_ingest_calls_started", "Calls whose stream started", streams.calls_started
         ),
-        counter("callscribe_ingest_calls_ended", "Calls whose stream ended", ingest.calls_ended),
+        counter("callscribe_ingest_calls_ended", "Calls whose stream ended", streams.calls_ended),
         gauge("callscribe_ingest_calls", "Calls streaming into this ingest now", live),
         counter(
             "callscribe_ingest_bad_messages",
             "Twilio messages refused (bad JSON, unknown event, bad payload, ...)",
-            ingest.bad_input,
+            streams.bad_input,
         ),
         counter(
             "callscribe_ingest_streams_refused",
             "Streams refused at start: no valid stream token, a callSid already streamed, another account, Redis unavailable (docs/security.md)",
-            sum(ingest.admission.refused.values()),
+            sum(streams.admission.refused.values()),
         ),
         counter(
             "callscribe_ingest_redis_errors",

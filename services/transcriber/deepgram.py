@@ -8,39 +8,30 @@ for ``keepalive_s``: Deepgram closes an idle socket after 10 s with 1011 NET-000
 https://developers.deepgram.com/docs/audio-keep-alive).
 
 Failures (https://developers.deepgram.com/docs/recovering-from-connection-errors): 401/403/400
-at the handshake are final (:class:`AsrError` ``retryable=False``); 429, 5xx, network drops
-and 1011 reconnect with exponential backoff and jitter, up to ``max_retries`` (the budget
-resets when a final arrives), replaying the audio sent since the channels' last finals.
-Results times restart at 0 on each connection: they are shifted by the call time of the first
-frame sent on that connection. Finals (and interims) of audio already finalised are dropped.
-
-Over 300 lines, not split yet: one Deepgram session: connect, send, receive, keepalive and reconnect
-with replay share its state; the seam is the reconnect/replay policy (issue 7).
+at the handshake are final (:class:`AsrError` ``retryable=False``; see
+:mod:`services.transcriber.dgconnect`); 429, 5xx, network drops and 1011 reconnect with
+exponential backoff and jitter, up to ``max_retries`` (the budget resets when a final arrives),
+replaying the audio sent since the channels' last finals. What the receiver gets goes through
+:class:`~services.transcriber.dgresults.CallResults`: times shifted into call time, results of
+audio already finalised dropped, the replay buffer trimmed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from services.transcriber.dgproto import (
-    DeepgramMessageError,
-    SegmentTracker,
-    build_url,
-    parse_message,
-    parse_results,
-    results_to_event,
-)
+from services.transcriber.dgconnect import open_listen
+from services.transcriber.dgproto import build_url
+from services.transcriber.dgresults import CallResults
 from services.transcriber.engine import CallAudio, OnResult
 from shared.aio import cancel_and_wait
-from shared.audio import BYTES_PER_MS
 from shared.errors import AsrError
 from shared.retry import Backoff
 from shared.settings import TranscriberSettings
@@ -50,13 +41,9 @@ log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 5.0
 """Longest wait between two reconnects of one session, s."""
 
-FINAL_STATUSES = frozenset({400, 401, 402, 403, 404})
-"""Handshake statuses that will fail again: never retried."""
-
 _KEEPALIVE = '{"type":"KeepAlive"}'
 _CLOSE_STREAM = '{"type":"CloseStream"}'
 _FINISH = None  # queue sentinel: no more audio
-_EPS_S = 0.002
 
 
 class _Dropped(Exception):
@@ -114,16 +101,9 @@ class DeepgramSession:
             language=s.deepgram_language,
             extra_params=s.deepgram_params,
         )
-        key = s.deepgram_api_key.get_secret_value() if s.deepgram_api_key else ""
-        self._headers = {"Authorization": f"Token {key}"}
+        self._api_key = s.deepgram_api_key.get_secret_value() if s.deepgram_api_key else ""
         self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(engine.queue_frames)
-        self._replay: collections.deque[tuple[int, bytes]] = collections.deque(
-            maxlen=engine.replay_max_frames
-        )
-        self._segments = SegmentTracker(call.first_segment)
-        self._final_end_s = [call.start_ms / 1000.0] * call.channels
-        self._frame_bytes_per_ms = BYTES_PER_MS * call.channels
-        self._offset_s = 0.0
+        self._results = CallResults(call, replay_max_frames=engine.replay_max_frames)
         self._finishing = False
         self._closing = False  # CloseStream sent on this connection: a close is expected
         self._last_sent = time.monotonic()
@@ -233,43 +213,21 @@ class DeepgramSession:
             )
             log.exception("deepgram session failed", extra={"call_sid": sid})
 
-    async def _connect(self) -> ClientConnection:
-        try:
-            async with asyncio.timeout(self._engine.settings.connect_timeout_s):
-                ws = await connect(
-                    self._url,
-                    additional_headers=self._headers,
-                    open_timeout=None,
-                    proxy=None,
-                    compression=None,
-                    max_size=1 << 20,
-                    close_timeout=2.0,
-                    user_agent_header="callscribe",
-                )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            raise AsrError(
-                f"deepgram handshake HTTP {status}", retryable=status not in FINAL_STATUSES
-            ) from None
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise AsrError(
-                f"deepgram connect failed: {exc.__class__.__name__}", retryable=True
-            ) from None
-        self._connections += 1
-        return ws
-
     async def _connection(self) -> bool:
         """One connection's life; True when the session is done, :class:`_Dropped` otherwise."""
-        ws = await self._connect()
+        ws = await open_listen(
+            self._url, api_key=self._api_key, timeout_s=self._engine.settings.connect_timeout_s
+        )
+        self._connections += 1
         sid = self._call.call_sid
         self._closing = False
-        self._offset_s = self._replay[0][0] / 1000.0 if self._replay else -1.0
+        replay_frames = self._results.connected()
         log.info(
             "deepgram connected",
             extra={
                 "call_sid": sid,
                 "connection": self._connections,
-                "replay_frames": len(self._replay),
+                "replay_frames": replay_frames,
             },
         )
         self._connected.set()
@@ -291,20 +249,19 @@ class DeepgramSession:
         return True
 
     async def _send_audio(self, ws: ClientConnection, t_ms: int, pcmu: bytes) -> None:
-        if self._offset_s < 0:
-            self._offset_s = t_ms / 1000.0
+        self._results.sent(t_ms)
         await ws.send(pcmu)
         self._last_sent = time.monotonic()
 
     async def _sender(self, ws: ClientConnection) -> None:
         try:
-            for t_ms, pcmu in list(self._replay):
+            for t_ms, pcmu in self._results.replay():
                 await self._send_audio(ws, t_ms, pcmu)
             while not self._finishing or not self._queue.empty():
                 item = await self._queue.get()
                 if item is _FINISH:
                     break
-                self._replay.append(item)
+                self._results.keep(item)
                 await self._send_audio(ws, *item)
             self._closing = True
             await ws.send(_CLOSE_STREAM)
@@ -335,46 +292,8 @@ class DeepgramSession:
         raise _Dropped(f"closed {code} {reason[:40]}".strip())
 
     async def _handle(self, raw: str | bytes) -> None:
-        sid = self._call.call_sid
-        try:
-            data = parse_message(raw)
-            kind = data["type"]
-            if kind != "Results":
-                if kind == "Error":
-                    log.warning("deepgram error message", extra={"call_sid": sid})
-                else:
-                    log.debug("deepgram message", extra={"call_sid": sid, "type": kind[:40]})
-                return
-            results = parse_results(data)
-            channel = results.channel_index[0]
-            end_s = self._offset_s + results.start + results.duration
-            if (
-                0 <= channel < len(self._final_end_s)
-                and end_s <= self._final_end_s[channel] + _EPS_S
-            ):
-                return  # already finalised (replayed audio)
-            event = results_to_event(
-                results,
-                call_sid=sid,
-                channels=self._call.channels,
-                offset_s=self._offset_s,
-                segments=self._segments,
-            )
-        except DeepgramMessageError as exc:
-            log.warning("deepgram bad message", extra={"call_sid": sid, "code": exc.code})
-            return
-        if results.is_final:
-            self._final_end_s[channel] = max(self._final_end_s[channel], end_s)
-            self._trim_replay()
-            if event is not None:
-                self._retry.reset()
+        event = self._results.handle(raw)
         if event is not None:
+            if event.is_final:
+                self._retry.reset()  # the retry budget resets when a final arrives
             await self._on_result(event)
-
-    def _trim_replay(self) -> None:
-        """Forget frames that end before every channel's last final."""
-        covered_ms = min(self._final_end_s) * 1000.0
-        per_ms = self._frame_bytes_per_ms
-        replay = self._replay
-        while replay and replay[0][0] + len(replay[0][1]) / per_ms <= covered_ms + 0.5:
-            replay.popleft()
