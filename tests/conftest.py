@@ -7,12 +7,20 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, settings
 
 from shared.redisconn import connect
 from tests.recordings import DATA_DIR
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests judge the code, not the machine: on a shared, busy CI box example generation
+# can be slow, which Hypothesis would otherwise report as a failure (too_slow, deadline).
+settings.register_profile(
+    "shared-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("shared-machine")
 
 
 @pytest.fixture(scope="session")
