@@ -12,12 +12,13 @@ backoff and jitter; one FIFO keeps every call's entries in order.
 
 What one call writes (docs/protocol.md, "Redis keys" and "The life of a call in Redis"):
 
-* start: ``HSET cs:{sid}:meta`` (:meth:`CallMeta.to_redis`), ``SADD cs:calls:active``,
-  ``XADD cs:jobs call_sid``, ``PUBLISH cs:calls:events`` (:class:`CallStarted` JSON), in one
-  MULTI of its own. Every attempt first reads the meta hash: when it already holds this start's
+* start: ``HSET cs:{p}:<sid>:meta`` (:meth:`CallMeta.to_redis`), ``SADD cs:{p}:calls:active``,
+  ``XADD cs:{p}:jobs call_sid``, ``PUBLISH cs:calls:events`` (:class:`CallStarted` JSON; on a
+  cluster ``SPUBLISH cs:{p}:events``), in one MULTI of its own: every key carries the call
+  partition's hash tag ``{p}`` (:mod:`shared.keys`), so on a Redis Cluster it is one slot. Every attempt first reads the meta hash: when it already holds this start's
   ``stream_sid`` and ``started_at``, an earlier attempt was applied and only its reply was lost,
   so nothing is written again (a second job would give the call a second owner);
-* each frame: ``XADD cs:{sid}:audio MAXLEN ~ audio_maxlen`` with the explicit ID ``<t_ms>-1``,
+* each frame: ``XADD cs:{p}:<sid>:audio MAXLEN ~ audio_maxlen`` with the explicit ID ``<t_ms>-1``,
   so a batch retried after a lost reply cannot write a frame twice (Redis refuses an ID that is
   not above the stream's last; that refusal counts as written);
 * eof: the entry ``{t: end_ms, eof: 1}`` (ID ``<end_ms>-1``) and ``EXPIRE`` of the audio stream
@@ -40,6 +41,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
+from shared.cluster import publish_call_event
 from shared.limits import FairShare
 from shared.retry import REDIS_FAILURES, Backoff
 from shared.schema import AudioFrame, CallMeta, CallStarted
@@ -281,10 +283,11 @@ class Publisher:
         ]:
             return []  # applied before; only its reply was lost
         async with self._redis.pipeline(transaction=True) as pipe:
+            tag = keys.tag_of(meta.call_sid)
             pipe.hset(key, mapping=fields)
-            pipe.sadd(keys.ACTIVE_CALLS, meta.call_sid)
-            pipe.xadd(keys.JOBS, {"call_sid": meta.call_sid})
-            pipe.publish(keys.CALL_EVENTS, CallStarted(call=meta).to_json())
+            pipe.sadd(keys.active(tag), meta.call_sid)
+            pipe.xadd(keys.jobs(tag), {"call_sid": meta.call_sid})
+            publish_call_event(pipe, meta.call_sid, CallStarted(call=meta).to_json())
             return list(await pipe.execute(raise_on_error=False))
 
     def _log_refused(self, results: list[Any]) -> None:

@@ -24,6 +24,7 @@ from collections import deque
 
 import redis.asyncio as aioredis
 
+from shared.cluster import publish
 from shared.retry import REDIS_FAILURES, Backoff
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class LivePublisher:
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for channel, payload in batch:
-                    pipe.publish(channel, payload)
+                    publish(pipe, channel, payload)  # SPUBLISH on a cluster
                 try:
                     await pipe.execute()
                 finally:

@@ -1,15 +1,24 @@
-"""The transcriber worker: claims calls from ``cs:jobs``, reads all their audio with one XREAD.
+"""The transcriber worker: claims calls from the ``cs:{p}:jobs`` streams, reads their audio.
 
-Three loops under one TaskGroup, plus one task per owned call:
+Loops under one TaskGroup, plus one task per owned call. A *group* is the set of partitions one
+multi-key command can serve (:func:`shared.cluster.partition_groups`): all twelve on a single
+Redis, one on a cluster. Per group:
 
-* *claim*: XAUTOCLAIM jobs idle longer than ``claim_idle_ms`` (a dead worker's calls), then
-  XREADGROUP ``>`` for as many new jobs as there is free capacity (``max_calls``), BLOCK
-  ``read_block_ms`` (https://redis.io/docs/latest/commands/xautoclaim/, /xreadgroup/).
-* *lease*: every ``lease_renew_s``, XCLAIM (min idle half a period, JUSTID) the jobs still
-  pending under our name, so live calls never look idle; a job that another worker took is abandoned here. It also
-  refreshes the health key ``cs:worker:<consumer>`` (``{"calls", "ts", "asr_ok"}``, TTL 3 leases).
-* *audio*: one XREAD BLOCK over every owned call's audio stream from its last ID; a call whose
-  queue is full is left out of the round until it drains, so backpressure stays in Redis.
+* *claim*: once a lease period, XAUTOCLAIM jobs idle longer than ``claim_idle_ms`` (a dead
+  worker's calls, https://redis.io/docs/latest/commands/xautoclaim/); then XREADGROUP ``>`` over
+  the group's job streams for this loop's share of the free capacity (``max_calls``), BLOCK
+  ``job_block_ms`` (at most a lease period): an idle worker waits in Redis and is woken by the
+  first new job, it does not poll. A worker with fewer free slots than groups blocks only
+  ``read_block_ms`` so that every partition is read in turn
+  (https://redis.io/docs/latest/commands/xreadgroup/).
+* *audio*: one XREAD BLOCK over the audio streams of every owned call in the group's
+  partitions, from each call's last ID; a call whose queue is full is left out of the round
+  until it drains, so backpressure stays in Redis.
+
+And once per worker, *lease*: every ``lease_renew_s``, XCLAIM (min idle half a period, JUSTID)
+the jobs still pending under our name, so live calls never look idle (a job that another worker
+took is abandoned here); refresh the health key
+``cs:worker:<consumer>`` (``{"calls", "ts", "asr_ok"}``, TTL 3 leases).
 
 Redis failures never end the worker: each loop backs off with jitter and resumes.
 
@@ -34,7 +43,8 @@ from services.transcriber.live import LivePublisher
 from services.transcriber.metrics import TranscriberMetrics
 from services.transcriber.queueing import Saturation, set_status
 from shared import keys
-from shared.redisconn import as_text
+from shared.cluster import partition_groups
+from shared.redisconn import as_text, stream_id_tuple
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.settings import TranscriberSettings
 
@@ -70,8 +80,14 @@ class Worker:
         self.live = LivePublisher(redis)
         self.calls: dict[str, CallPipeline] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._wake_reader = asyncio.Event()
+        self._groups = partition_groups(redis)
+        self._wake = {tag: asyncio.Event() for tags in self._groups for tag in tags}
+        for tags in self._groups:  # one event per audio reader, shared by its partitions
+            for tag in tags:
+                self._wake[tag] = self._wake[tags[0]]
         self._capacity = asyncio.Event()
+        self._reserved = 0  # free slots promised to a claim read in flight
+        self._cursors: dict[str, str] = {}  # XAUTOCLAIM position per job stream
         self._tg: asyncio.TaskGroup | None = None
         self.served = 0
         self.heartbeat_at: float | None = None  # monotonic time of the last health key write
@@ -94,11 +110,10 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                loops = [
-                    tg.create_task(self._claim_loop(), name="claim"),
-                    tg.create_task(self._lease_loop(), name="lease"),
-                    tg.create_task(self._audio_loop(), name="audio"),
-                ]
+                loops = [tg.create_task(self._lease_loop(), name="lease")]
+                for tags in self._groups:
+                    loops.append(tg.create_task(self._claim_loop(tags), name="claim"))
+                    loops.append(tg.create_task(self._audio_loop(tags), name="audio"))
                 live = tg.create_task(self.live.run(), name="live")
                 await stop.wait()
                 serving = list(self.calls.values())
@@ -125,11 +140,16 @@ class Worker:
             )
 
     async def _hand_over(self, calls: list[CallPipeline]) -> None:
-        """Show our unfinished calls as ``queued`` and make their jobs claimable by another
-        worker now (best effort, 1 s)."""
+        """Show our unfinished calls as ``queued`` and give each a fresh job (best effort, 1 s).
+
+        Per partition, one MULTI adds a new job for each call and acks and deletes ours, so a
+        worker blocked in XREADGROUP gets it at once; the new owner takes the call over from its
+        checkpoint (``job_id`` in the meta names our job, which no longer exists). A call whose
+        end transaction had started may be over: its job is only marked idle for
+        ``claim_idle_ms`` (XCLAIM … IDLE; a no-op once the end deleted it).
+        """
         if not calls:
             return
-        job_ids = [c.job_id for c in calls]
         try:
             async with asyncio.timeout(1.0):
                 # before the jobs can be claimed, so a new owner's "live" cannot come first
@@ -138,111 +158,184 @@ class Worker:
                 ]
                 with contextlib.suppress(*REDIS_FAILURES):  # the hand-over matters more
                     await set_status(self.redis, live, "queued")
-                await cmd(
-                    self.redis.xclaim(
-                        keys.JOBS,
-                        keys.JOBS_GROUP,
-                        self.consumer,
-                        min_idle_time=0,
-                        message_ids=job_ids,
-                        idle=self.settings.claim_idle_ms,
-                        justid=True,
-                    )
-                )
+                by_stream: dict[str, list[CallPipeline]] = {}
+                for c in calls:
+                    by_stream.setdefault(c.jobs, []).append(c)
+                for stream, group in by_stream.items():
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        for c in group:
+                            if c.ending:  # it may have ended: only make its job claimable
+                                pipe.xclaim(
+                                    stream,
+                                    keys.JOBS_GROUP,
+                                    self.consumer,
+                                    min_idle_time=0,
+                                    message_ids=[c.job_id],
+                                    idle=self.settings.claim_idle_ms,
+                                    justid=True,
+                                )
+                                continue
+                            pipe.xadd(stream, {"call_sid": c.sid})
+                            pipe.xack(stream, keys.JOBS_GROUP, c.job_id)
+                            pipe.xdel(stream, c.job_id)
+                        await cmd(pipe.execute())
         except (*REDIS_FAILURES, TimeoutError) as exc:
             log.warning(
                 "hand-over failed: calls wait for claim_idle_ms",
                 extra={"consumer": self.consumer, "error": exc.__class__.__name__},
             )
             return
-        log.info("calls handed over", extra={"consumer": self.consumer, "calls": len(job_ids)})
+        log.info("calls handed over", extra={"consumer": self.consumer, "calls": len(calls)})
 
     # ------------------------------------------------------------------ claiming
 
-    async def _ensure_group(self) -> None:
-        try:
-            await cmd(self.redis.xgroup_create(keys.JOBS, keys.JOBS_GROUP, id="0", mkstream=True))
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    async def _ensure_groups(self, streams: list[str]) -> None:
+        for stream in streams:
+            try:
+                await cmd(self.redis.xgroup_create(stream, keys.JOBS_GROUP, id="0", mkstream=True))
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def _free(self) -> int:
         return self.settings.max_calls - len(self._tasks)
 
-    async def _claim_loop(self) -> None:
+    def _reserve(self) -> int:
+        """Promise a claim read this loop's share of the free slots; 0 when none is left."""
+        share = max(1, self.settings.max_calls // len(self._groups))
+        n = min(share, self._free() - self._reserved)
+        if n <= 0:
+            return 0
+        self._reserved += n
+        return n
+
+    def _release(self, n: int) -> None:
+        self._reserved -= n
+        self._capacity.set()
+
+    async def _claim_loop(self, tags: list[str]) -> None:
+        """Read new jobs of the partitions ``tags`` with one blocking XREADGROUP at a time."""
         backoff = Backoff()
+        streams = [keys.jobs(t) for t in tags]
         group_ready = False
-        block_ms = self.settings.read_block_ms
-        cursor = "0-0"  # XAUTOCLAIM scans at most 10 x COUNT entries a call: walk the whole PEL
+        stale_due = 0.0
         while True:
+            n = reserved = 0
             try:
                 if not group_ready:
-                    await self._ensure_group()
+                    await self._ensure_groups(streams)
                     group_ready = True
-                if self._free() <= 0:
-                    await self.saturation.full(self.redis)
+                n = reserved = self._reserve()
+                if n <= 0:
+                    if self._free() <= 0 and tags == self._groups[0]:
+                        await self.saturation.full(self.redis)
                     self._capacity.clear()
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(block_ms / 1000):
+                        async with asyncio.timeout(self.settings.read_block_ms / 1000):
                             await self._capacity.wait()
                     continue
-                cursor_next, claimed, *_ = await cmd(
-                    self.redis.xautoclaim(
-                        keys.JOBS,
+                now = asyncio.get_running_loop().time()
+                if now >= stale_due:  # a dead worker's jobs, at most once a lease period
+                    stale_due = now + self.settings.lease_renew_s
+                    n -= await self._claim_stale(streams, n)
+                    if n <= 0:
+                        continue
+                idle = self._free() >= len(self._groups)  # every group can read at once
+                block = self.settings.job_block_ms if idle else self.settings.read_block_ms
+                block = min(block, int(self.settings.lease_renew_s * 1000) + 1)
+                resp = await cmd(
+                    self.redis.xreadgroup(
                         keys.JOBS_GROUP,
                         self.consumer,
-                        min_idle_time=self.settings.claim_idle_ms,
-                        start_id=cursor,
-                        count=self._free(),
+                        dict.fromkeys(streams, ">"),
+                        count=max(1, n // len(streams)),  # COUNT is per stream
+                        block=block,
                     )
                 )
-                cursor = as_text(cursor_next)
-                for job_id, fields in claimed:
-                    await self._take(job_id, fields, reclaimed=True)
-                if (free := self._free()) > 0:
-                    resp = await cmd(
-                        self.redis.xreadgroup(
-                            keys.JOBS_GROUP,
-                            self.consumer,
-                            {keys.JOBS: ">"},
-                            count=free,
-                            block=block_ms,
-                        )
-                    )
-                    if sum(len(entries) for _, entries in resp or []) < free:
-                        self.saturation.drained()
-                    for _stream, entries in resp or []:
-                        for job_id, fields in entries:
-                            await self._take(job_id, fields, reclaimed=False)
+                got = [(as_text(st), jid, f) for st, entries in resp or [] for jid, f in entries]
+                got.sort(key=lambda job: stream_id_tuple(job[1]))  # oldest first, any partition
+                if len(got) < n:
+                    self.saturation.drained()
+                for stream, job_id, fields in got[:n]:
+                    await self._take(stream, job_id, fields, reclaimed=False)
+                if len(got) > n:
+                    await self._give_back(got[n:])
                 backoff.reset()
             except REDIS_FAILURES as exc:
                 if isinstance(exc, ResponseError) and (
                     "NOGROUP" in str(exc) or "no such key" in str(exc)
                 ):
                     group_ready = False
-                    cursor = "0-0"
                 await backoff.retry_after(exc, log, "redis unavailable", loop="claim")
+            finally:
+                if reserved > 0:
+                    self._release(reserved)
+
+    async def _give_back(self, jobs: list[tuple[str, bytes, dict[bytes, bytes] | None]]) -> None:
+        """Re-queue jobs read beyond our free slots (one XREADGROUP over several streams returns
+        up to COUNT from each): per job one MULTI adds it anew and acks and deletes our copy,
+        so a worker blocked on that partition gets it at once."""
+        for stream, job_id, fields in jobs:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if fields:
+                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                pipe.xack(stream, keys.JOBS_GROUP, job_id)
+                pipe.xdel(stream, job_id)
+                await cmd(pipe.execute())
+
+    async def _claim_stale(self, streams: list[str], n: int) -> int:
+        """XAUTOCLAIM up to ``n`` jobs idle longer than ``claim_idle_ms`` from ``streams`` (a dead
+        worker's calls, or calls handed over); returns how many were taken.
+
+        Each stream keeps its scan position between rounds (XAUTOCLAIM looks at no more than
+        10 x COUNT entries a call), so a stale job behind many live ones is reached.
+        """
+        taken = 0
+        for stream in streams:
+            if taken >= n:
+                break
+            try:
+                cursor_next, claimed, *_ = await cmd(
+                    self.redis.xautoclaim(
+                        stream,
+                        keys.JOBS_GROUP,
+                        self.consumer,
+                        min_idle_time=self.settings.claim_idle_ms,
+                        start_id=self._cursors.get(stream, "0-0"),
+                        count=n - taken,
+                    )
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                    raise
+                self._cursors.pop(stream, None)  # not created yet (or lost with a restart)
+                continue
+            self._cursors[stream] = as_text(cursor_next)
+            for job_id, fields in claimed:
+                await self._take(stream, job_id, fields, reclaimed=True)
+                taken += 1
+        return taken
 
     async def _take(
-        self, job_id: bytes, fields: dict[bytes, bytes] | None, *, reclaimed: bool
+        self, stream: str, job_id: bytes, fields: dict[bytes, bytes] | None, *, reclaimed: bool
     ) -> None:
         """Start serving the call of one job (or drop a job that names no call)."""
         jid = as_text(job_id)
         sid = as_text(fields.get(b"call_sid", b"")) if fields else ""
         if sid in self.calls and self.calls[sid].job_id == jid:
             return  # already ours
-        if not sid or sid in self.calls:
+        if not sid or sid in self.calls or stream != keys.jobs(keys.tag_of(sid)):
             log.warning("bad or duplicate job dropped", extra={"call_sid": sid or "-", "job": jid})
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xack(keys.JOBS, keys.JOBS_GROUP, jid)
-                pipe.xdel(keys.JOBS, jid)
+                pipe.xack(stream, keys.JOBS_GROUP, jid)
+                pipe.xdel(stream, jid)
                 await pipe.execute()
             return
         assert self._tg is not None
         deliveries = 1
         if reclaimed:
             info = await cmd(
-                self.redis.xpending_range(keys.JOBS, keys.JOBS_GROUP, min=jid, max=jid, count=1)
+                self.redis.xpending_range(stream, keys.JOBS_GROUP, min=jid, max=jid, count=1)
             )
             deliveries = int(info[0]["times_delivered"]) if info else 1
         call = CallPipeline(
@@ -251,7 +344,7 @@ class Worker:
             self.redis,
             self.engine,
             self.settings,
-            self._wake_reader,
+            self._wake[keys.tag_of(sid)],
             deliveries,
             live=self.live,
         )
@@ -306,58 +399,65 @@ class Worker:
 
     async def _renew(self) -> None:
         """Re-claim our pending jobs; abandon the calls whose job another worker took."""
-        owned = {c.job_id: c for c in self.calls.values() if not c.ended}
-        if not owned:
-            return
-        pending = await cmd(
-            self.redis.xpending_range(
-                keys.JOBS,
-                keys.JOBS_GROUP,
-                min="-",
-                max="+",
-                count=2 * self.settings.max_calls + 10,
-                consumername=self.consumer,
-            )
-        )
-        mine = {as_text(p["message_id"]) for p in pending}
-        keep = [jid for jid in owned if jid in mine]
-        if keep:
-            await cmd(
-                self.redis.xclaim(
-                    keys.JOBS,
+        by_stream: dict[str, dict[str, CallPipeline]] = {}
+        for c in self.calls.values():
+            if not c.ended:
+                by_stream.setdefault(c.jobs, {})[c.job_id] = c
+        for stream, owned in by_stream.items():
+            pending = await cmd(
+                self.redis.xpending_range(
+                    stream,
                     keys.JOBS_GROUP,
-                    self.consumer,
-                    # not 0: a job another worker claimed since our XPENDING has idle ~0, and
-                    # re-claiming it would make both serve the call; ours idle ~lease_renew_s
-                    min_idle_time=int(self.settings.lease_renew_s * 500),
-                    message_ids=keep,
-                    justid=True,
+                    min="-",
+                    max="+",
+                    count=2 * self.settings.max_calls + 10,
+                    consumername=self.consumer,
                 )
             )
-        for jid, call in owned.items():
-            if jid not in mine and not call.ended:
-                log.warning("call lost to another worker", extra={"call_sid": call.sid, "job": jid})
-                task = self._tasks.get(call.sid)
-                if task is not None:
-                    task.cancel()
+            mine = {as_text(p["message_id"]) for p in pending}
+            keep = [jid for jid in owned if jid in mine]
+            if keep:
+                await cmd(
+                    self.redis.xclaim(
+                        stream,
+                        keys.JOBS_GROUP,
+                        self.consumer,
+                        # not 0: a job another worker claimed since our XPENDING has idle ~0,
+                        # and re-claiming it would make both serve the call; ours idle ~lease
+                        min_idle_time=int(self.settings.lease_renew_s * 500),
+                        message_ids=keep,
+                        justid=True,
+                    )
+                )
+            for jid, call in owned.items():
+                if jid not in mine and not call.ended:
+                    log.warning(
+                        "call lost to another worker", extra={"call_sid": call.sid, "job": jid}
+                    )
+                    task = self._tasks.get(call.sid)
+                    if task is not None:
+                        task.cancel()
 
     # ------------------------------------------------------------------ audio
 
-    async def _audio_loop(self) -> None:
+    async def _audio_loop(self, tags: list[str]) -> None:
+        """One XREAD per round over the audio of every owned call in the partitions ``tags``."""
         backoff = Backoff()
         block_ms = self.settings.read_block_ms
         loop = asyncio.get_running_loop()
+        mine = set(tags)
+        wake = self._wake[tags[0]]
         while True:
             streams = {
                 keys.audio(sid): c.last_id
                 for sid, c in self.calls.items()
-                if c.wants_audio(READ_COUNT)
+                if keys.tag_of(sid) in mine and c.wants_audio(READ_COUNT)
             }
             if not streams:
-                self._wake_reader.clear()
+                wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(block_ms / 1000):
-                        await self._wake_reader.wait()
+                        await wake.wait()
                 continue
             started = loop.time()
             try:
@@ -367,8 +467,7 @@ class Worker:
                 await backoff.retry_after(exc, log, "redis unavailable", loop="audio")
                 continue
             for stream, entries in resp or []:
-                sid = as_text(stream).split("{", 1)[1].split("}", 1)[0]
-                call = self.calls.get(sid)
+                call = self.calls.get(keys.sid_of(stream))
                 if call is None or call.last_id != streams.get(as_text(stream)):
                     continue  # the call ended or was re-created meanwhile
                 for entry_id, fields in entries:

@@ -31,11 +31,11 @@ async def test_finals_and_the_end_land_in_the_index_with_the_failure(
     events = redis.pubsub()
     await events.subscribe(keys.CALL_EVENTS)
     await call._on_result(final)
-    assert await redis.zscore(keys.word("thursday"), SID) == meta.started_at
-    assert await redis.zscore(keys.word("works"), SID) == meta.started_at
-    assert 0 < await redis.ttl(keys.word("three")) <= settings().retention_s
+    assert await redis.zscore(keys.word(keys.tag_of(SID), "thursday"), SID) == meta.started_at
+    assert await redis.zscore(keys.word(keys.tag_of(SID), "works"), SID) == meta.started_at
+    assert 0 < await redis.ttl(keys.word(keys.tag_of(SID), "three")) <= settings().retention_s
     await call._end(AsrError("refused", retryable=False))
-    assert await redis.zscore(keys.RECENT_CALLS, SID) == meta.started_at
+    assert await redis.zscore(keys.recent(keys.tag_of(SID)), SID) == meta.started_at
     assert await redis.hget(keys.meta(SID), "failure") == b"asr_failed"
     async with asyncio.timeout(5):
         while (msg := await events.get_message(ignore_subscribe_messages=True, timeout=1)) is None:
