@@ -18,6 +18,7 @@ on a single Redis, on ``memory://`` and on a cluster:
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -25,6 +26,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 
 from shared import keys
+from shared.retry import REDIS_FAILURES, Backoff
+
+log = logging.getLogger(__name__)
 
 SCHEME = "redis+cluster://"
 """URL scheme of a Redis Cluster in ``REDIS_URL``."""
@@ -64,8 +68,8 @@ def connect_cluster(
     user = urlsplit(url)
     client = RedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in startup_nodes(url)],
-        username=user.username,
-        password=user.password,
+        username=user.username or None,
+        password=user.password or None,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=min(socket_timeout_s, 5.0),
         health_check_interval=15,
@@ -110,3 +114,21 @@ def partition_groups(client: object) -> list[list[str]]:
     if is_cluster(client):
         return [[tag] for tag in keys.TAGS]
     return [list(keys.TAGS)]
+
+
+async def ready(client: object) -> None:
+    """On a cluster, read the slot map now, retrying with backoff until a node answers; no-op
+    otherwise. Call it once before the first commands of concurrent tasks: redis-py 8.1's
+    ``RedisCluster`` initialises lazily on its first command, and several commands racing through
+    that first initialisation lost connections under one another (``Connection closed by
+    server``, a closed transport) in our tests.
+    """
+    if not isinstance(client, RedisCluster):
+        return
+    backoff = Backoff()
+    while True:
+        try:
+            await client.initialize()
+            return
+        except REDIS_FAILURES as exc:
+            await backoff.retry_after(exc, log, "redis cluster unavailable")

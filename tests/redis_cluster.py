@@ -17,6 +17,20 @@ from pathlib import Path
 from tests.redis_server import free_port
 
 
+def _node_port() -> int:
+    """A free port whose cluster bus port (+10000) is a valid port and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 class RedisCluster:
     """``start()``, ``stop()``; ``url`` (``redis+cluster://…``) and ``ports`` to reach it.
 
@@ -30,7 +44,7 @@ class RedisCluster:
         if server is None or cli is None:
             raise RuntimeError("redis-server and redis-cli are needed (.ci/run installs them)")
         self.server, self.cli = server, cli
-        self.ports = [free_port() for _ in range(masters)]
+        self.ports = [_node_port() for _ in range(masters)]
         self.dirs = [Path(tempfile.mkdtemp(prefix="cs-cluster-")) for _ in self.ports]
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -45,11 +59,28 @@ class RedisCluster:
             self.procs.append(
                 subprocess.Popen(
                     [
-                        self.server, "--port", str(port), "--bind", "127.0.0.1",
-                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                        "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
-                        "--dir", str(d), "--daemonize", "no", "--loglevel", "warning",
-                    ],  # fmt: skip
+                        self.server,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(d),
+                        "--daemonize",
+                        "no",
+                        "--loglevel",
+                        "warning",
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -58,8 +89,15 @@ class RedisCluster:
         for port in self.ports:
             self._wait(lambda p=port: self._ask(p, "PING").startswith("+PONG"), deadline)
         subprocess.run(
-            [self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-             "--cluster-replicas", "0", "--cluster-yes"],  # fmt: skip
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -46,6 +46,7 @@ from services.gateway.subscribers import (
     Subscriber,
 )
 from shared import keys
+from shared.cluster import ready
 from shared.errors import ClientMessageError, RedisUnavailable
 from shared.redisconn import connect, stream_id_tuple
 from shared.retry import REDIS_FAILURES, Backoff, cmd
@@ -129,6 +130,8 @@ class Hub:
     async def run(self) -> None:
         """Listen and fan out until cancelled; closes both Redis clients on the way out."""
         try:
+            await ready(self.redis)
+            await ready(self._ps_client)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._listen_forever(), name="hub-listener")

@@ -98,12 +98,16 @@ class ShardedPubSub:
                 await (await self._node_pubsub(shard)).sunsubscribe(shard)
 
     async def ping(self) -> None:
-        """PING every node connection; each pong arrives as a ``pong`` message."""
-        for _, ps, _ in list(self._nodes.values()):
-            if ps.subscribed:
-                await ps.ping()
+        """PING every subscribed node connection (each pong arrives as a ``pong`` message);
+        with none subscribed, PING the cluster and queue the pong it answers."""
+        subscribed = [ps for _, ps, _ in list(self._nodes.values()) if ps.subscribed]
+        for ps in subscribed:
+            await ps.ping()
+        if not subscribed:
+            await self._cluster.ping()
+            self._queue.put_nowait({"type": "pong", "data": b""})
 
-    async def get_message(self, timeout: float) -> dict[str, Any] | None:
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109 (redis-py PubSub signature)
         """The next message of any node, as ``PubSub.get_message`` gives it, or None after
         ``timeout`` s.
 

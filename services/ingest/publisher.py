@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
-from shared.cluster import publish_call_event
+from shared.cluster import publish_call_event, ready
 from shared.limits import FairShare
 from shared.retry import REDIS_FAILURES, Backoff
 from shared.schema import AudioFrame, CallMeta, CallStarted
@@ -188,6 +188,7 @@ class Publisher:
     async def run(self) -> None:
         """Write the buffer until :meth:`close` was called and it is empty; never raises on
         Redis failures (it retries), only on cancellation."""
+        await ready(self._redis)  # a cluster's slot map, before the first pipeline
         backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
         failing_since: float | None = None
         retries = 0

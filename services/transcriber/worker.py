@@ -43,7 +43,7 @@ from services.transcriber.live import LivePublisher
 from services.transcriber.metrics import TranscriberMetrics
 from services.transcriber.queueing import Saturation, set_status
 from shared import keys
-from shared.cluster import partition_groups
+from shared.cluster import partition_groups, ready
 from shared.redisconn import as_text, stream_id_tuple
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.settings import TranscriberSettings
@@ -108,6 +108,7 @@ class Worker:
         )
         serving: list[CallPipeline] = []
         try:
+            await ready(self.redis)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 loops = [tg.create_task(self._lease_loop(), name="lease")]

@@ -41,6 +41,7 @@ async def owner_of(redis_url: str, call_sid: str) -> str:
     raise AssertionError("no pending job for the call")
 
 
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
 async def test_killed_transcriber_hands_the_call_over_without_loss_or_duplicate(
     redis_url: str, tmp_path: Path, audio_dir: Path
 ) -> None:

@@ -15,10 +15,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callscribe.twilio_client import SimCall, fetch_stream_parameters, sign, twilio_messages
 from shared import keys
-from tests.partitions import active_count, job_count
 from shared.schema import CallMeta
 from tests.conftest import ROOT
 from tests.ingest.conftest import WAIT_S, read_audio
+from tests.partitions import active_count, job_count
 from tests.security.conftest import PUBLIC_URL, TWILIO_TOKEN
 
 WS_SIGNATURE = {"X-Twilio-Signature": sign("ws://ingest.test/twilio", {}, TWILIO_TOKEN)}
