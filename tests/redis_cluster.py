@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 from tests.redis_server import free_port
 
 
@@ -123,6 +125,39 @@ class RedisCluster:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
             s.sendall(command.encode() + b"\r\n")
             return s.recv(4096).decode(errors="replace")
+
+    def owner(self, slot: int) -> int:
+        """The port of the master serving ``slot`` now."""
+        client = redis.Redis(port=self.ports[0], socket_timeout=5.0)
+        try:
+            for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
+                if int(start) <= slot <= int(end):
+                    return int(master[1])
+        finally:
+            client.close()
+        raise RuntimeError(f"slot {slot} has no owner")
+
+    def move_slot(self, slot: int, to_port: int) -> int:
+        """Move ``slot`` with its keys to the master on ``to_port`` as ``redis-cli --cluster
+        reshard`` does (SETSLOT IMPORTING/MIGRATING, MIGRATE in batches, SETSLOT NODE on every
+        master), while clients keep using it; returns the number of keys moved."""
+        from_port = self.owner(slot)
+        nodes = {p: redis.Redis(port=p, socket_timeout=10.0) for p in self.ports}
+        try:
+            ids = {p: n.execute_command("CLUSTER MYID").decode() for p, n in nodes.items()}
+            src, dst = nodes[from_port], nodes[to_port]
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[from_port])
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to_port])
+            moved = 0
+            while batch := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *batch)
+                moved += len(batch)
+            for port in (to_port, from_port, *self.ports):
+                nodes[port].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to_port])
+            return moved
+        finally:
+            for n in nodes.values():
+                n.close()
 
     def flush(self) -> None:
         """FLUSHALL on every master."""
