@@ -73,6 +73,7 @@ class ShardedPubSub:
                 socket_connect_timeout=min(self._socket_timeout_s, 5.0),
             )
             ps = client.pubsub()
+            ps.first_subscribe = asyncio.Event()
             task = asyncio.create_task(self._pump(ps), name=f"pubsub-{node.name}")
             entry = self._nodes[node.name] = (client, ps, task)
         return entry[1]
@@ -85,7 +86,9 @@ class ShardedPubSub:
                 self._events_waiting[name] += len(shards)
             for shard in shards:
                 self._wanted.add(shard)
-                await (await self._node_pubsub(shard)).ssubscribe(shard)
+                ps = await self._node_pubsub(shard)
+                await ps.ssubscribe(shard)
+                ps.first_subscribe.set()
 
     async def unsubscribe(self, *names: str) -> None:
         """SUNSUBSCRIBE each name's shard channels."""
@@ -142,10 +145,8 @@ class ShardedPubSub:
     async def _pump(self, ps: Any) -> None:
         """Queue every message of one node connection; queue the error that ends it."""
         try:
+            await ps.first_subscribe.wait()  # nothing to read before the first SSUBSCRIBE
             while True:
-                if not ps.subscribed:
-                    await asyncio.sleep(0.05)  # nothing to read before the first SSUBSCRIBE
-                    continue
                 msg = await ps.get_message(timeout=1.0)
                 if msg is not None:
                     self._queue.put_nowait(msg)

@@ -58,6 +58,15 @@ async def call_info(r: aioredis.Redis, call_sid: str, timeout_s: float) -> tuple
     return known, n, status == b"ended"
 
 
+async def partitions_reachable(r: aioredis.Redis, timeout_s: float) -> None:
+    """SCARD every partition's active set in one pipeline: on a cluster every master answers
+    (a PING answered by one node says nothing of the others). Raises RedisUnavailable."""
+    async with redis_op(timeout_s), r.pipeline(transaction=False) as pipe:
+        for tag in keys.TAGS:
+            pipe.scard(keys.active(tag))
+        await pipe.execute()
+
+
 async def active_sids(r: aioredis.Redis, timeout_s: float) -> list[str]:
     """The callSids in every partition's ``cs:{p}:calls:active``, sorted (one pipeline of
     SMEMBERS; on a cluster redis-py sends each node its own). Raises RedisUnavailable."""
