@@ -22,8 +22,9 @@ took is abandoned here); refresh the health key
 
 Redis failures never end the worker: each loop backs off with jitter and resumes.
 
-Over 300 lines, not split yet: the worker's three loops share its call registry; issue 7 moves
-claiming and lease renewal to their own module.
+Over 300 lines, not split further yet: the worker's loops share its call registry and its
+capacity reservations; the job-stream writes (hand-over, give-back, lease renewal) are in
+:mod:`services.transcriber.jobs`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from redis.exceptions import ResponseError
 
 from services.transcriber.call import CallPipeline
 from services.transcriber.engine import AsrEngine
+from services.transcriber.jobs import ensure_groups, give_back, hand_over, renew
 from services.transcriber.live import LivePublisher
 from services.transcriber.metrics import TranscriberMetrics
-from services.transcriber.queueing import Saturation, set_status
+from services.transcriber.queueing import Saturation
 from shared import keys
 from shared.cluster import partition_groups, ready
 from shared.redisconn import as_text, stream_id_tuple
@@ -127,7 +129,7 @@ class Worker:
         finally:
             unfinished = [c for c in serving if not c.ended]
             handed_over = len(unfinished)
-            await self._hand_over(unfinished)
+            await hand_over(self.redis, self.consumer, unfinished, self.settings.claim_idle_ms)
             with contextlib.suppress(*REDIS_FAILURES):
                 async with asyncio.timeout(1.0):
                     await cmd(self.redis.delete(keys.worker(self.consumer)))
@@ -140,63 +142,7 @@ class Worker:
                 },
             )
 
-    async def _hand_over(self, calls: list[CallPipeline]) -> None:
-        """Show our unfinished calls as ``queued`` and give each a fresh job (best effort, 1 s).
-
-        Per partition, one MULTI adds a new job for each call and acks and deletes ours, so a
-        worker blocked in XREADGROUP gets it at once; the new owner takes the call over from its
-        checkpoint (``job_id`` in the meta names our job, which no longer exists). A call whose
-        end transaction had started may be over: its job is only marked idle for
-        ``claim_idle_ms`` (XCLAIM … IDLE; a no-op once the end deleted it).
-        """
-        if not calls:
-            return
-        try:
-            async with asyncio.timeout(1.0):
-                # before the jobs can be claimed, so a new owner's "live" cannot come first
-                live = [
-                    c.meta for c in calls if c.meta and c.meta.status == "live" and not c.ending
-                ]
-                with contextlib.suppress(*REDIS_FAILURES):  # the hand-over matters more
-                    await set_status(self.redis, live, "queued")
-                by_stream: dict[str, list[CallPipeline]] = {}
-                for c in calls:
-                    by_stream.setdefault(c.jobs, []).append(c)
-                for stream, group in by_stream.items():
-                    async with self.redis.pipeline(transaction=True) as pipe:
-                        for c in group:
-                            if c.ending:  # it may have ended: only make its job claimable
-                                pipe.xclaim(
-                                    stream,
-                                    keys.JOBS_GROUP,
-                                    self.consumer,
-                                    min_idle_time=0,
-                                    message_ids=[c.job_id],
-                                    idle=self.settings.claim_idle_ms,
-                                    justid=True,
-                                )
-                                continue
-                            pipe.xadd(stream, {"call_sid": c.sid})
-                            pipe.xack(stream, keys.JOBS_GROUP, c.job_id)
-                            pipe.xdel(stream, c.job_id)
-                        await cmd(pipe.execute())
-        except (*REDIS_FAILURES, TimeoutError) as exc:
-            log.warning(
-                "hand-over failed: calls wait for claim_idle_ms",
-                extra={"consumer": self.consumer, "error": exc.__class__.__name__},
-            )
-            return
-        log.info("calls handed over", extra={"consumer": self.consumer, "calls": len(calls)})
-
     # ------------------------------------------------------------------ claiming
-
-    async def _ensure_groups(self, streams: list[str]) -> None:
-        for stream in streams:
-            try:
-                await cmd(self.redis.xgroup_create(stream, keys.JOBS_GROUP, id="0", mkstream=True))
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
 
     def _free(self) -> int:
         return self.settings.max_calls - len(self._tasks)
@@ -224,7 +170,7 @@ class Worker:
             n = reserved = 0
             try:
                 if not group_ready:
-                    await self._ensure_groups(streams)
+                    await ensure_groups(self.redis, streams)
                     group_ready = True
                 n = reserved = self._reserve()
                 if n <= 0:
@@ -260,7 +206,7 @@ class Worker:
                 for stream, job_id, fields in got[:n]:
                     await self._take(stream, job_id, fields, reclaimed=False)
                 if len(got) > n:
-                    await self._give_back(got[n:])
+                    await give_back(self.redis, got[n:])
                 backoff.reset()
             except REDIS_FAILURES as exc:
                 if isinstance(exc, ResponseError) and (
@@ -271,18 +217,6 @@ class Worker:
             finally:
                 if reserved > 0:
                     self._release(reserved)
-
-    async def _give_back(self, jobs: list[tuple[str, bytes, dict[bytes, bytes] | None]]) -> None:
-        """Re-queue jobs read beyond our free slots (one XREADGROUP over several streams returns
-        up to COUNT from each): per job one MULTI adds it anew and acks and deletes our copy,
-        so a worker blocked on that partition gets it at once."""
-        for stream, job_id, fields in jobs:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                if fields:
-                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
-                pipe.xack(stream, keys.JOBS_GROUP, job_id)
-                pipe.xdel(stream, job_id)
-                await cmd(pipe.execute())
 
     async def _claim_stale(self, streams: list[str], n: int) -> int:
         """XAUTOCLAIM up to ``n`` jobs idle longer than ``claim_idle_ms`` from ``streams`` (a dead
@@ -400,44 +334,20 @@ class Worker:
 
     async def _renew(self) -> None:
         """Re-claim our pending jobs; abandon the calls whose job another worker took."""
-        by_stream: dict[str, dict[str, CallPipeline]] = {}
-        for c in self.calls.values():
-            if not c.ended:
-                by_stream.setdefault(c.jobs, {})[c.job_id] = c
-        for stream, owned in by_stream.items():
-            pending = await cmd(
-                self.redis.xpending_range(
-                    stream,
-                    keys.JOBS_GROUP,
-                    min="-",
-                    max="+",
-                    count=2 * self.settings.max_calls + 10,
-                    consumername=self.consumer,
-                )
+        lost = await renew(
+            self.redis,
+            self.consumer,
+            list(self.calls.values()),
+            self.settings.lease_renew_s,
+            self.settings.max_calls,
+        )
+        for call in lost:
+            log.warning(
+                "call lost to another worker", extra={"call_sid": call.sid, "job": call.job_id}
             )
-            mine = {as_text(p["message_id"]) for p in pending}
-            keep = [jid for jid in owned if jid in mine]
-            if keep:
-                await cmd(
-                    self.redis.xclaim(
-                        stream,
-                        keys.JOBS_GROUP,
-                        self.consumer,
-                        # not 0: a job another worker claimed since our XPENDING has idle ~0,
-                        # and re-claiming it would make both serve the call; ours idle ~lease
-                        min_idle_time=int(self.settings.lease_renew_s * 500),
-                        message_ids=keep,
-                        justid=True,
-                    )
-                )
-            for jid, call in owned.items():
-                if jid not in mine and not call.ended:
-                    log.warning(
-                        "call lost to another worker", extra={"call_sid": call.sid, "job": jid}
-                    )
-                    task = self._tasks.get(call.sid)
-                    if task is not None:
-                        task.cancel()
+            task = self._tasks.get(call.sid)
+            if task is not None:
+                task.cancel()
 
     # ------------------------------------------------------------------ audio
 

@@ -1,6 +1,6 @@
 """End to end on a 3-master Redis Cluster: the slot holding a live call moves to another master.
 
-Mid-call, after two finals, the hash slot of the call's partition (its keys, its job, the
+Mid-call (streamed at twice real time), after two finals, the hash slot of the call's partition (its keys, its job, the
 partition's shared structures) is migrated to another master with the steps of
 ``redis-cli --cluster reshard`` while ingest, the transcriber and the gateway keep using it. The
 call must finish with every final stored once, in order, and the watcher that followed the whole
@@ -40,7 +40,7 @@ async def test_a_slot_moving_mid_call_loses_no_final_and_repeats_none(
     async with FakeDeepgram(script, api_key="k", reference=interleave(call.tracks)) as fake:
         env |= {"ASR_ENGINE": "deepgram", "DEEPGRAM_URL": fake.url, "DEEPGRAM_API_KEY": "k"}
         async with run_services(redis_url, tmp_path, env) as svc:
-            streaming = asyncio.create_task(stream_call(svc.twilio_url, call, speed=1.0))
+            streaming = asyncio.create_task(stream_call(svc.twilio_url, call, speed=2.0))
             await wait_call_started(svc.gateway_ws, call.call_sid, timeout_s=30)
             finals: list[dict[str, object]] = []
             moved = -1
