@@ -70,11 +70,16 @@ async def drop_calls(r: Any, sids: list[str]) -> int:
     after, so that what they held is measured without client buffers and other fixed costs."""
     for sid in sids:
         await r.delete(*keys.call_keys(sid))
-        await r.zrem(keys.RECENT_CALLS, sid)
-    words = [k async for k in r.scan_iter(match=keys.WORDS_PREFIX + "*")]
+        await r.zrem(keys.recent(keys.tag_of(sid)), sid)
+    words = [k async for k in r.scan_iter(match=keys.word("*", "*"))]
     if words:
         await r.delete(*words)
     return await used_memory(r)
+
+
+async def active_count(r: Any) -> int:
+    """Calls in every partition's active set."""
+    return sum([int(await r.scard(keys.active(t))) for t in keys.TAGS])
 
 
 class GapReader:
@@ -139,7 +144,7 @@ async def measure(args: argparse.Namespace, fleet: Fleet, redis_url: str) -> dic
     try:
         await play("127.0.0.1", fleet.ingest_port, calls, on_start)
         deadline = loop.time() + 60
-        while await r.scard(keys.ACTIVE_CALLS) and loop.time() < deadline:  # noqa: ASYNC110 (polls Redis: no event to await)
+        while await active_count(r) and loop.time() < deadline:  # noqa: ASYNC110 (polls Redis: no event to await)
             await asyncio.sleep(0.5)
         await asyncio.sleep(args.replay_s + 2.0)  # ended calls' audio expires
         for c in calls:  # reclaim expired audio now (Redis's active expiry does it over time)
@@ -147,8 +152,8 @@ async def measure(args: argparse.Namespace, fleet: Fleet, redis_url: str) -> dic
         ended = await used_memory(r)
         ended_sizes = await key_sizes(r, [c.call_sid for c in calls])
         index = sum([int(await r.memory_usage(k, samples=0) or 0)
-                     async for k in r.scan_iter(match="cs:words:*")])  # fmt: skip
-        index += int(await r.memory_usage(keys.RECENT_CALLS, samples=0) or 0)
+                     async for k in r.scan_iter(match=keys.word("*", "*"))])  # fmt: skip
+        index += sum([int(await r.memory_usage(keys.recent(t), samples=0) or 0) for t in keys.TAGS])
         left = [await r.ttl(keys.audio(c.call_sid)) for c in calls]
         audio_left = {
             "keys": sum(t != -2 for t in left),

@@ -3,8 +3,8 @@
 The index (docs/protocol.md, "Call history and search") is two kinds of sorted sets, both
 scored by the call's ``started_at`` (Unix seconds), so one ``ZRANGE … BYSCORE`` is a time range:
 
-- ``cs:calls:recent``: every call that has had a final or has ended;
-- ``cs:words:<word>``: the calls whose finals contain ``<word>`` (:func:`tokens`).
+- ``cs:{p}:calls:recent``: every call that has had a final or has ended;
+- ``cs:{p}:words:<word>``: the calls whose finals contain ``<word>`` (:func:`tokens`).
 
 Plain Redis 7 has no RediSearch; these sets cost one ZADD per distinct word of a final, in the
 transaction that stores it, answer a query of n words with n range reads and an intersection,

@@ -1,4 +1,5 @@
-"""Opening Redis: a real server from ``REDIS_URL``, or ``memory://`` for single-process mode.
+"""Opening Redis: a real server from ``REDIS_URL``, a Redis Cluster (``redis+cluster://``,
+:mod:`shared.cluster`), or ``memory://`` for single-process mode.
 
 ``memory://`` gives an in-process fakeredis; every connection opened in one process shares one
 fake server, so ingest, transcriber and gateway running in one process (``callscribe demo``) see
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+
+from shared.cluster import connect_cluster, is_cluster_url
 
 _fake_servers: dict[str, Any] = {}
 _memory_class: Any = None
@@ -62,6 +65,9 @@ def connect(
 ) -> aioredis.Redis:
     """Return a ``redis.asyncio.Redis`` for ``url`` with responses as bytes.
 
+    ``redis+cluster://host:port[,host:port…]`` gives a ``RedisCluster`` instead
+    (:func:`shared.cluster.connect_cluster`: ``pool_max_connections`` per node, no blocking pool).
+
     ``socket_timeout_s`` is set explicitly (redis-py 8 defaults to 5 s) and must be longer than
     any ``BLOCK`` the caller uses. ``health_check_interval`` keeps idle pub/sub sockets honest.
     With ``pool_timeout_s`` the client uses a ``BlockingConnectionPool`` of
@@ -70,6 +76,10 @@ def connect(
     raises "Too many connections";
     https://redis.readthedocs.io/en/stable/connections.html#connectionpool-async).
     """
+    if is_cluster_url(url):
+        return connect_cluster(
+            url, socket_timeout_s=socket_timeout_s, max_connections=pool_max_connections, **kwargs
+        )
     if is_memory(url):
         import fakeredis
 

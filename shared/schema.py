@@ -278,7 +278,7 @@ class Word(BaseModel):
 class TranscriptEvent(_Event):
     """An interim or final transcript of one stretch of speech on one channel.
 
-    ``id`` is the entry ID in ``cs:{sid}:transcript`` for a final, ``None`` for an interim.
+    ``id`` is the entry ID in ``cs:{p}:<sid>:transcript`` for a final, ``None`` for an interim.
     ``segment`` is stable for one stretch of speech on one channel within the call, so a client
     replaces interim text in place and the final replaces the last interim. ``start``/``end`` are
     seconds from the start of the call. ``speech_final`` marks the end of an utterance.
@@ -299,7 +299,7 @@ class TranscriptEvent(_Event):
     words: list[Word] = Field(default_factory=list)
 
     def to_history(self) -> dict[str, str]:
-        """The Redis fields of this final in ``cs:{sid}:transcript``: ``{"e": json without id}``."""
+        """The Redis fields of this final in ``cs:{p}:<sid>:transcript``: ``{"e": json without id}``."""
         return {"e": self.model_dump_json(exclude={"id"})}
 
     @classmethod
@@ -333,7 +333,7 @@ _STATUSES: frozenset[str] = frozenset(CallStatus)
 
 
 class CallMeta(BaseModel):
-    """A call's metadata, as kept in ``cs:{sid}:meta`` and sent in call events.
+    """A call's metadata, as kept in ``cs:{p}:<sid>:meta`` and sent in call events.
 
     ``started_at``/``ended_at`` are Unix times in seconds. ``tracks`` lists the Twilio tracks
     (``inbound``, ``outbound``); ``channels`` is ``len(tracks)``: 2 = stereo, 1 = mono.
@@ -359,7 +359,7 @@ class CallMeta(BaseModel):
     failure: str | None = None
 
     def to_redis(self) -> dict[str, str]:
-        """The hash fields of ``cs:{sid}:meta`` (all strings; lists and dicts as JSON)."""
+        """The hash fields of ``cs:{p}:<sid>:meta`` (all strings; lists and dicts as JSON)."""
         fields = {
             "call_sid": self.call_sid,
             "stream_sid": self.stream_sid,
@@ -380,7 +380,7 @@ class CallMeta(BaseModel):
 
     @classmethod
     def from_redis(cls, fields: dict[Any, Any]) -> CallMeta:
-        """Read ``cs:{sid}:meta`` as returned by HGETALL (bytes or str keys and values).
+        """Read ``cs:{p}:<sid>:meta`` as returned by HGETALL (bytes or str keys and values).
 
         Raises:
             ValueError: the hash is empty or lacks ``call_sid``.
@@ -481,7 +481,7 @@ class Unsubscribed(_Event):
 
 
 class EndEvent(_Event):
-    """On ``cs:{sid}:live``: the call is over and every final transcript has been published."""
+    """On ``cs:{p}:<sid>:live``: the call is over and every final transcript has been published."""
 
     type: Literal["end"] = "end"
     call_sid: str
@@ -497,7 +497,7 @@ class ErrorEvent(_Event):
 
 
 class AudioStopped(_Event):
-    """On ``cs:{sid}:live``: nothing new reached the call's audio stream for ``idle_s`` seconds.
+    """On ``cs:{p}:<sid>:live``: nothing new reached the call's audio stream for ``idle_s`` seconds.
 
     Twilio sends packets through silence, so a few seconds without audio means the stream is in
     trouble (its ingest died, or Twilio stopped sending). ``at_s``: call seconds where the audio
@@ -512,7 +512,7 @@ class AudioStopped(_Event):
 
 
 class AudioResumed(_Event):
-    """On ``cs:{sid}:live``: audio reaches the call again after an ``audio_stopped``;
+    """On ``cs:{p}:<sid>:live``: audio reaches the call again after an ``audio_stopped``;
     ``at_s``: call seconds where it resumed."""
 
     type: Literal["audio_resumed"] = "audio_resumed"
@@ -524,7 +524,7 @@ LiveEvent = Annotated[
     TranscriptEvent | EndEvent | ErrorEvent | AudioStopped | AudioResumed,
     Field(discriminator="type"),
 ]
-"""What the transcriber publishes on ``cs:{sid}:live`` (``error``: ASR failed, or data lost)."""
+"""What the transcriber publishes on ``cs:{p}:<sid>:live`` (``error``: ASR failed, or data lost)."""
 live_event_adapter: TypeAdapter[LiveEvent] = TypeAdapter(LiveEvent)
 CallEvent = Annotated[CallStarted | CallUpdated | CallEnded, Field(discriminator="type")]
 call_event_adapter: TypeAdapter[CallEvent] = TypeAdapter(CallEvent)
@@ -639,7 +639,7 @@ def parse_client(raw: str | bytes) -> ClientRequest:
 
 
 class AudioFrame(BaseModel):
-    """One entry of ``cs:{sid}:audio``: a mixed frame, or the ``eof`` marker.
+    """One entry of ``cs:{p}:<sid>:audio``: a mixed frame, or the ``eof`` marker.
 
     ``t_ms`` is the frame's start in ms from the stream start. ``pcmu`` is mu-law 8 kHz,
     interleaved when ``channels`` is 2 (channel 0 = inbound/caller, 1 = outbound/callee):

@@ -39,7 +39,11 @@ class CommonSettings(BaseSettings):
 
     redis_url: str = Field(
         default="redis://localhost:6379/0",
-        description="The Redis to use; `memory://` = an in-process fakeredis (single-process mode only)",
+        description=(
+            "The Redis to use; `redis+cluster://host:port[,host:port…]` = a Redis 7 Cluster "
+            "(any of its nodes; README, Scaling out); `memory://` = an in-process fakeredis "
+            "(single-process mode only)"
+        ),
     )
     redis_socket_timeout_s: float = Field(
         default=30.0, gt=0, description="redis-py socket timeout; longer than any blocking read"
@@ -202,7 +206,15 @@ class TranscriberSettings(CommonSettings):
         description="Calls one worker serves at once; unset: 500 with deepgram (a cheap relay, ~1.3 ms CPU per call-second), 8 with whisper (0.16–0.25 CPU-s per call-second); a call beyond it waits, shown as `queued`",
     )
     read_block_ms: int = Field(
-        default=100, gt=0, description="BLOCK of the one XREAD that serves all of a worker's calls"
+        default=100,
+        gt=0,
+        description="BLOCK of the XREAD that serves a worker's calls (one per partition on a cluster)",
+    )
+    job_block_ms: int = Field(
+        default=5_000,
+        gt=0,
+        description="BLOCK of an idle worker's XREADGROUP for new jobs (it returns as soon as one "
+        "arrives); keep it under `REDIS_SOCKET_TIMEOUT_S`",
     )
     claim_idle_ms: int = Field(
         default=15_000, gt=0, description="A job idle this long belongs to a dead worker: claim it"

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, settings
 
 from shared.redisconn import connect
 from tests.recordings import DATA_DIR
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,9 +35,30 @@ def redis_server() -> Iterator[RedisServer]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on free ports for the whole session (started on first use)."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
-async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
-    """The session server's URL, flushed before each test."""
+async def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[str]:
+    """The session server's URL, flushed before each test.
+
+    Parametrized indirectly with ``"cluster"`` (``@pytest.mark.parametrize("redis_url",
+    ["single", "cluster"], indirect=True)``) it is the session's 3-master cluster instead, every
+    master flushed: the same test body runs on both.
+    """
+    if getattr(request, "param", "single") == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        yield cluster.url
+        return
     if redis_server.proc is None:  # a fault test left it stopped
         redis_server.start()
     r = connect(redis_server.url)

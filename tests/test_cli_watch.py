@@ -63,14 +63,14 @@ async def _readline(stream: asyncio.StreamReader) -> str:
 
 async def _start_call(redis, meta: CallMeta) -> None:
     await redis.hset(keys.meta(SID), mapping=meta.to_redis())
-    await redis.sadd(keys.ACTIVE_CALLS, SID)
+    await redis.sadd(keys.active(keys.tag_of(SID)), SID)
     await redis.publish(keys.CALL_EVENTS, CallStarted(call=meta).to_json())
 
 
 async def _end_call(redis, meta: CallMeta) -> None:
     meta.status, meta.ended_at = CallStatus.ENDED, meta.started_at + 5
     await redis.hset(keys.meta(SID), mapping=meta.to_redis())
-    await redis.srem(keys.ACTIVE_CALLS, SID)
+    await redis.srem(keys.active(keys.tag_of(SID)), SID)
     await redis.publish(keys.live(SID), EndEvent(call_sid=SID).to_json())
     await redis.publish(keys.CALL_EVENTS, CallEnded(call=meta).to_json())
 

@@ -22,10 +22,14 @@ DOC = ROOT / "docs" / "protocol.md"
 
 _ANY = "\x00"
 """Stands for a key function's argument; the doc writes it as a name (``sid`` in
-``cs:{sid}:meta``) or a name in angle brackets (``cs:worker:<consumer>``)."""
+``cs:{p}:sid:meta``) or a name in angle brackets (``cs:worker:<consumer>``); the partition
+tag of a per-call key is written ``{p}`` (any name in braces)."""
 
 
 # --------------------------------------------------------------------------- discovery
+
+NOT_KEYS = {"tag_of", "sid_of"}
+"""Functions of :mod:`shared.keys` that compute a partition or parse a key rather than name one."""
 
 
 def key_patterns() -> dict[str, re.Pattern[str]]:
@@ -40,10 +44,13 @@ def key_patterns() -> dict[str, re.Pattern[str]]:
             continue
         if isinstance(value, str):
             out[name] = re.compile("`" + re.escape(value))
+        elif name in NOT_KEYS:
+            continue
         elif inspect.isfunction(value) and value.__module__ == keys.__name__:
             args = [_ANY] * len(inspect.signature(value).parameters)
             produced = value(*args)
             for i, key in enumerate(produced if isinstance(produced, tuple) else (produced,)):
+                key = key.replace("{" + keys.tag_of(_ANY) + "}", "{" + _ANY + "}")
                 body = re.escape(key).replace(re.escape(_ANY), r"(?:\w+|<\w+>)")
                 out[f"{name}[{i}]"] = re.compile("`" + body + "`")
     return out
@@ -104,10 +111,16 @@ def redis_records() -> list[tuple[str, list[str]]]:
         start=0.0, end=1.0, text="hi",
     ).to_history()  # fmt: skip
     return [
-        (f"`{keys.meta('sid')}`", list(meta)),
-        (f"`{keys.audio('sid')}`", sorted({*frame, *eof})),
-        (f"`{keys.transcript('sid')}`", list(final)),
+        (f"`{doc_key(keys.meta('<sid>'))}`", list(meta)),
+        (f"`{doc_key(keys.audio('<sid>'))}`", sorted({*frame, *eof})),
+        (f"`{doc_key(keys.transcript('<sid>'))}`", list(final)),
     ]
+
+
+def doc_key(key: str) -> str:
+    """A per-call key as the doc writes it: its partition's hash tag as ``{p}``."""
+    sid = keys.sid_of(key)
+    return key.replace("{" + keys.tag_of(sid) + "}", "{p}")
 
 
 # --------------------------------------------------------------------------- checks
@@ -157,7 +170,7 @@ def missing_fields(markdown: str, units: Iterable[tuple[str, list[str]]]) -> lis
 def test_every_redis_key_is_documented() -> None:
     """Each key, prefix and group name of shared/keys.py appears in docs/protocol.md."""
     patterns = key_patterns()
-    assert {"ACTIVE_CALLS", "JOBS", "JOBS_GROUP", "meta[0]", "live[0]", "worker[0]"} <= set(
+    assert {"active[0]", "jobs[0]", "JOBS_GROUP", "meta[0]", "live[0]", "worker[0]"} <= set(
         patterns
     )
     assert missing_keys(DOC.read_text()) == []
@@ -198,5 +211,5 @@ def test_checks_fail_for_an_undocumented_field() -> None:
 
 def test_checks_fail_for_an_undocumented_key() -> None:
     """A doc that never names the live channel is reported for keys.live."""
-    doc = DOC.read_text().replace("`cs:{sid}:live`", "the live channel")
+    doc = DOC.read_text().replace("`cs:{p}:<sid>:live`", "the live channel")
     assert missing_keys(doc) == ["live[0]"]

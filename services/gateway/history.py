@@ -1,8 +1,9 @@
 """Call history and search for the gateway: ``GET /v1/calls?…``, ``/v1/ws`` ``history``.
 
 Reads the index the transcriber writes (:mod:`shared.history`, docs/protocol.md "Call history
-and search") plus ``cs:calls:active``, so calls that are queued or have no final yet are listed
-too. One page: candidates (every word's set intersected when ``q`` is given, else the recent
+and search") plus the ``cs:{p}:calls:active`` sets, so calls that are queued or have no final yet are
+listed too. Every index is split in :data:`shared.keys.PARTITIONS` partitions: each range read
+is one pipeline over all of them, merged. One page: candidates (every word's set intersected when ``q`` is given, else the recent
 set) within the time range, merged with the active calls, newest first after the cursor; their
 meta hashes and history lengths in pipelines of :data:`BATCH`; filtered by status and number
 until ``limit`` calls are found or :data:`SCAN_MAX` candidates were looked at (then
@@ -13,7 +14,9 @@ reads, plus one HGETALL and one XLEN per candidate looked at.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import redis.asyncio as aioredis
 
@@ -84,11 +87,20 @@ class Query:
 
 
 async def _scored(
-    r: aioredis.Redis, key: str, low: float, high: float, timeout_s: float
+    r: aioredis.Redis, key: Callable[[str], str], low: float, high: float, timeout_s: float
 ) -> dict[str, float]:
-    async with store.redis_op(timeout_s):
-        rows = await r.zrangebyscore(key, low, high, start=0, num=CANDIDATES_MAX, withscores=True)
-    return {m.decode(): float(s) for m, s in scored(rows)}
+    """The members of ``key(tag)`` scored in ``[low, high]``, over every partition (one
+    pipeline; at most ``CANDIDATES_MAX`` each, the newest ``CANDIDATES_MAX`` kept)."""
+    async with store.redis_op(timeout_s), r.pipeline(transaction=False) as pipe:
+        for tag in keys.TAGS:
+            pipe.zrevrangebyscore(key(tag), high, low, start=0, num=CANDIDATES_MAX, withscores=True)
+        replies = await pipe.execute()
+    rows = sorted((row for reply in replies for row in scored(reply)), key=lambda r: -r[1])
+    return {m.decode(): float(s) for m, s in rows[:CANDIDATES_MAX]}
+
+
+def _word(token: str, tag: str) -> str:
+    return keys.word(tag, token)
 
 
 async def _candidates(
@@ -101,12 +113,12 @@ async def _candidates(
         high = min(high, q.after[0])
     found: dict[str, float] | None = None
     for word in q.words:
-        scored = await _scored(r, keys.word(word), low, high, timeout_s)
+        scored = await _scored(r, partial(_word, word), low, high, timeout_s)
         found = scored if found is None else {s: v for s, v in found.items() if s in scored}
         if not found:
             return []
     if found is None:
-        found = await _scored(r, keys.RECENT_CALLS, low, high, timeout_s)
+        found = await _scored(r, keys.recent, low, high, timeout_s)
         for meta in await store.active_calls(r, timeout_s):  # queued, or live with no final
             if low <= meta.started_at <= high:
                 found.setdefault(meta.call_sid, meta.started_at)

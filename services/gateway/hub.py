@@ -1,9 +1,10 @@
 """The hub: one Redis pub/sub connection per gateway process, fanned out to local clients.
 
-* One subscription per call, refcounted: ``SUBSCRIBE cs:{sid}:live`` when the first local
+* One subscription per call, refcounted: ``SUBSCRIBE cs:{p}:<sid>:live`` when the first local
   subscriber of the call arrives, ``UNSUBSCRIBE`` after the last one leaves; ``cs:calls:events``
   while at least one ``list`` client exists. Commands go out in order through one task, and a
-  channel counts as subscribed only once Redis has confirmed every command sent for it.
+  channel counts as subscribed only once Redis has confirmed every command sent for it. On a
+  Redis Cluster the same goes through sharded pub/sub (:mod:`services.gateway.sharded`).
 * Each pub/sub message is parsed once (:class:`LiveMessage`) and handed to every subscriber of
   the channel without awaiting any of them (their :class:`Outbox` applies the slow-client policy).
 * No gap, no duplicate: a new subscriber buffers live messages from the moment the subscription
@@ -37,6 +38,7 @@ from websockets.frames import CloseCode
 
 from services.gateway import store
 from services.gateway.outbox import Outbox
+from services.gateway.sharded import open_pubsub
 from services.gateway.subscribers import (
     PENDING_FACTOR,
     CallSubscriber,
@@ -45,6 +47,7 @@ from services.gateway.subscribers import (
     Subscriber,
 )
 from shared import keys
+from shared.cluster import ready
 from shared.errors import ClientMessageError, RedisUnavailable
 from shared.redisconn import connect, stream_id_tuple
 from shared.retry import REDIS_FAILURES, Backoff, cmd
@@ -102,6 +105,7 @@ class Hub:
             redis_url, socket_timeout_s=socket_timeout_s, retry=Retry(NoBackoff(), 0)
         )
         self.redis_timeout_s = redis_timeout_s
+        self._socket_timeout_s = socket_timeout_s
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._ping_interval_s = ping_interval_s
@@ -127,6 +131,8 @@ class Hub:
     async def run(self) -> None:
         """Listen and fan out until cancelled; closes both Redis clients on the way out."""
         try:
+            await ready(self.redis)
+            await ready(self._ps_client)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._listen_forever(), name="hub-listener")
@@ -247,7 +253,7 @@ class Hub:
         backoff = Backoff(self._reconnect_min_s, self._reconnect_max_s)
         first = True
         while True:
-            ps = self._ps_client.pubsub()
+            ps = open_pubsub(self._ps_client, self._socket_timeout_s)
             try:
                 names = list(self._channels)
                 async with asyncio.timeout(self.redis_timeout_s):

@@ -196,8 +196,7 @@ async def healthz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     redis_ok = True
     try:
-        async with store.redis_op(gw.hub.redis_timeout_s):
-            await gw.hub.redis.ping()
+        await store.partitions_reachable(gw.hub.redis, gw.hub.redis_timeout_s)
     except RedisUnavailable:
         redis_ok = False
     body = {

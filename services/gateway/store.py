@@ -46,7 +46,7 @@ async def call_info(r: aioredis.Redis, call_sid: str, timeout_s: float) -> tuple
     ``channels`` defaults to 2 when the metadata is missing. Raises RedisUnavailable.
     """
     async with redis_op(timeout_s), r.pipeline(transaction=False) as pipe:
-        pipe.sismember(keys.ACTIVE_CALLS, call_sid)
+        pipe.sismember(keys.active(keys.tag_of(call_sid)), call_sid)
         pipe.hmget(keys.meta(call_sid), ["call_sid", "channels", "status"])
         active, (meta_sid, channels, status) = await pipe.execute()
     known = bool(active) or meta_sid is not None
@@ -57,11 +57,23 @@ async def call_info(r: aioredis.Redis, call_sid: str, timeout_s: float) -> tuple
     return known, n, status == b"ended"
 
 
+async def partitions_reachable(r: aioredis.Redis, timeout_s: float) -> None:
+    """SCARD every partition's active set in one pipeline: on a cluster every master answers
+    (a PING answered by one node says nothing of the others). Raises RedisUnavailable."""
+    async with redis_op(timeout_s), r.pipeline(transaction=False) as pipe:
+        for tag in keys.TAGS:
+            pipe.scard(keys.active(tag))
+        await pipe.execute()
+
+
 async def active_sids(r: aioredis.Redis, timeout_s: float) -> list[str]:
-    """The callSids in ``cs:calls:active``, sorted. Raises RedisUnavailable."""
-    async with redis_op(timeout_s):
-        members = await r.smembers(keys.ACTIVE_CALLS)
-    return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+    """The callSids in every partition's ``cs:{p}:calls:active``, sorted (one pipeline of
+    SMEMBERS; on a cluster redis-py sends each node its own). Raises RedisUnavailable."""
+    async with redis_op(timeout_s), r.pipeline(transaction=False) as pipe:
+        for tag in keys.TAGS:
+            pipe.smembers(keys.active(tag))
+        sets = await pipe.execute()
+    return sorted(m.decode() if isinstance(m, bytes) else m for s in sets for m in s)
 
 
 async def active_calls(r: aioredis.Redis, timeout_s: float) -> list[CallMeta]:
@@ -86,7 +98,7 @@ async def call_meta(r: aioredis.Redis, call_sid: str, timeout_s: float) -> CallM
     """The call's metadata, or None when unknown. Raises RedisUnavailable."""
     async with redis_op(timeout_s):
         fields = await r.hgetall(keys.meta(call_sid))
-        active = await r.sismember(keys.ACTIVE_CALLS, call_sid) if not fields else False
+        active = await r.sismember(keys.active(keys.tag_of(call_sid)), call_sid) if not fields else False
     try:
         return CallMeta.from_redis(fields)
     except ValueError:

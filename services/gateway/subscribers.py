@@ -1,6 +1,6 @@
 """What the hub fans out, and to whom: parsed live messages and the two kinds of subscriber.
 
-A :class:`LiveMessage` is one event from ``cs:{sid}:live``, parsed once however many clients
+A :class:`LiveMessage` is one event from ``cs:{p}:<sid>:live``, parsed once however many clients
 get it: ``text`` is the JSON string from Redis, forwarded as-is to ``/v1/ws`` clients, and
 :meth:`LiveMessage.deepgram` converts it once to the ``Results`` shape for ``/client`` clients.
 
@@ -73,7 +73,7 @@ class LiveMessage:
 
     @classmethod
     def from_history(cls, entry_id: bytes, fields: dict[Any, Any], channels: int) -> LiveMessage:
-        """One entry of ``cs:{sid}:transcript`` as the final it was.
+        """One entry of ``cs:{p}:<sid>:transcript`` as the final it was.
 
         Raises:
             ValueError: the entry is not a transcript event (pydantic's ValidationError is one).

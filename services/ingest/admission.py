@@ -10,10 +10,10 @@ the socket's buffers and is read, whole and in order, right after. A stream is a
 
 1. ``start.accountSid`` is ``TWILIO_ACCOUNT_SID`` (when that is set);
 2. its token is one issued for this callSid, unused and not expired: ``DEL
-   cs:{sid}:streamtoken:<sha256>`` returns 1, so a token works once (a replayed handshake and
+   cs:{p}:<sid>:streamtoken:<sha256>`` returns 1, so a token works once (a replayed handshake and
    ``start`` are refused);
 3. no stream was admitted for this callSid before and the call has no metadata: ``SET
-   cs:{sid}:admitted 1 NX`` succeeds and ``cs:{sid}:meta`` does not exist (one MULTI), so a
+   cs:{p}:<sid>:admitted 1 NX`` succeeds and ``cs:{p}:<sid>:meta`` does not exist (one MULTI), so a
    second stream can never overwrite a live or ended call's metadata or end it.
 
 Anything else is refused (close 1008 with the verdict as reason), counted and logged, and

@@ -12,17 +12,18 @@ backoff and jitter; one FIFO keeps every call's entries in order.
 
 What one call writes (docs/protocol.md, "Redis keys" and "The life of a call in Redis"):
 
-* start: ``HSET cs:{sid}:meta`` (:meth:`CallMeta.to_redis`), ``SADD cs:calls:active``,
-  ``XADD cs:jobs call_sid``, ``PUBLISH cs:calls:events`` (:class:`CallStarted` JSON), in one
-  MULTI of its own. Every attempt first reads the meta hash: when it already holds this start's
+* start: ``HSET cs:{p}:<sid>:meta`` (:meth:`CallMeta.to_redis`), ``SADD cs:{p}:calls:active``,
+  ``XADD cs:{p}:jobs call_sid``, ``PUBLISH cs:calls:events`` (:class:`CallStarted` JSON; on a
+  cluster ``SPUBLISH cs:{p}:events``), in one MULTI of its own: every key carries the call
+  partition's hash tag ``{p}`` (:mod:`shared.keys`), so on a Redis Cluster it is one slot. Every attempt first reads the meta hash: when it already holds this start's
   ``stream_sid`` and ``started_at``, an earlier attempt was applied and only its reply was lost,
   so nothing is written again (a second job would give the call a second owner);
-* each frame: ``XADD cs:{sid}:audio MAXLEN ~ audio_maxlen`` with the explicit ID ``<t_ms>-1``,
+* each frame: ``XADD cs:{p}:<sid>:audio MAXLEN ~ audio_maxlen`` with the explicit ID ``<t_ms>-1``,
   so a batch retried after a lost reply cannot write a frame twice (Redis refuses an ID that is
   not above the stream's last; that refusal counts as written);
 * eof: the entry ``{t: end_ms, eof: 1}`` (ID ``<end_ms>-1``) and ``EXPIRE`` of the audio stream
   after ``retention_s``;
-* while a call streams, ``EXPIRE cs:{sid}:audio`` :data:`LIVE_AUDIO_TTL_S` with its first frame
+* while a call streams, ``EXPIRE cs:{p}:<sid>:audio`` :data:`LIVE_AUDIO_TTL_S` with its first frame
   and again every :data:`LIVE_AUDIO_TTL_REFRESH_S`: a stream whose call lost its other keys (a
   Redis restarted without persistence) or whose ingest died still expires.
 
@@ -43,6 +44,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
+from shared.cluster import publish_call_event, ready
 from shared.limits import FairShare
 from shared.retry import REDIS_FAILURES, Backoff
 from shared.schema import AudioFrame, CallMeta, CallStarted
@@ -196,6 +198,7 @@ class Publisher:
     async def run(self) -> None:
         """Write the buffer until :meth:`close` was called and it is empty; never raises on
         Redis failures (it retries), only on cancellation."""
+        await ready(self._redis)  # a cluster's slot map, before the first pipeline
         backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
         failing_since: float | None = None
         retries = 0
@@ -307,10 +310,11 @@ class Publisher:
         ]:
             return []  # applied before; only its reply was lost
         async with self._redis.pipeline(transaction=True) as pipe:
+            tag = keys.tag_of(meta.call_sid)
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's Mapping[FieldT, …] is invariant
-            pipe.sadd(keys.ACTIVE_CALLS, meta.call_sid)
-            pipe.xadd(keys.JOBS, {"call_sid": meta.call_sid})
-            pipe.publish(keys.CALL_EVENTS, CallStarted(call=meta).to_json())
+            pipe.sadd(keys.active(tag), meta.call_sid)
+            pipe.xadd(keys.jobs(tag), {"call_sid": meta.call_sid})
+            publish_call_event(pipe, meta.call_sid, CallStarted(call=meta).to_json())
             return list(await pipe.execute(raise_on_error=False))
 
     def _log_refused(self, results: list[Any]) -> None:

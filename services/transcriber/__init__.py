@@ -1,1 +1,1 @@
-"""The transcriber: claims calls from ``cs:jobs``, relays their audio to an ASR engine, publishes."""
+"""The transcriber: claims calls from ``cs:{p}:jobs``, relays their audio to an ASR engine, publishes."""

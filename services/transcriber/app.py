@@ -39,7 +39,8 @@ async def run(
     """
     own_engine = engine is None
     asr = engine if engine is not None else make_engine(settings)
-    socket_timeout_s = max(settings.redis_socket_timeout_s, settings.read_block_ms / 1000 + 5.0)
+    longest_block_s = max(settings.read_block_ms, settings.job_block_ms) / 1000
+    socket_timeout_s = max(settings.redis_socket_timeout_s, longest_block_s + 5.0)
     # a pool that waits for a free connection: 500 calls' commands can outnumber its 100
     # connections for a moment (MaxConnectionsError under benchmarks/load.py otherwise)
     redis = connect(

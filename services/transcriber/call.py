@@ -1,11 +1,15 @@
 """One owned call: its frames into an ASR session, its results out to Redis, its end in one transaction.
 
-Checkpoint (fields in ``cs:{sid}:meta``, written in the same MULTI as each final's XADD):
+Checkpoint (fields in ``cs:{p}:<sid>:meta``, written in the same MULTI as each final's XADD):
 ``resume_audio_id`` (last audio entry fully covered by finals on every channel),
 ``next_segment`` (first free segment number) and ``final_end_s_<ch>`` (call seconds up to which
 channel ``ch`` is finalised). A worker taking the call over reads audio after
 ``resume_audio_id`` and drops results ending at or before ``final_end_s_<ch>``, so no audio
 span gets a second final.
+
+Every transaction here touches one Redis Cluster slot: the call's keys and the partition
+structures it writes (job stream, active set, history index, webhook outbox, event channel) share
+the call partition's hash tag (:mod:`shared.keys`).
 
 Over 300 lines, not split yet: one call's pipeline; issue 7 splits it into the pure checkpoint/dedup
 core, the Redis writes and the orchestration.
@@ -32,6 +36,7 @@ from services.transcriber.stall import AudioWatch, Stillness
 from services.transcriber.webhooks import enqueue
 from shared import keys
 from shared.audio import BYTES_PER_MS
+from shared.cluster import publish, publish_call_event
 from shared.errors import AsrError
 from shared.redisconn import as_text
 from shared.replies import entries
@@ -108,6 +113,7 @@ class CallPipeline:
         self.live = live or LivePublisher(redis)
         self.deliveries = deliveries
         self.job_id = job_id
+        self.jobs = keys.jobs(keys.tag_of(sid))  # the stream holding the job
         self.redis = redis
         self.engine = engine
         self.settings = settings
@@ -321,7 +327,7 @@ class CallPipeline:
         holder = as_text(held or b"")
         if holder == self.job_id:
             return True
-        if holder and entries(await cmd(self.redis.xrange(keys.JOBS, holder, holder, count=1))):
+        if holder and entries(await cmd(self.redis.xrange(self.jobs, holder, holder, count=1))):
             return False  # that job is pending: its worker (or the next one) serves the call
         await cmd(self.redis.hset(key, "job_id", self.job_id))
         return True
@@ -330,8 +336,8 @@ class CallPipeline:
         """Ack and delete our job without touching the call."""
 
         def build(pipe: Pipeline) -> None:
-            pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
-            pipe.xdel(keys.JOBS, self.job_id)
+            pipe.xack(self.jobs, keys.JOBS_GROUP, self.job_id)
+            pipe.xdel(self.jobs, self.job_id)
 
         await self._transact(build)
         self.ended = True
@@ -502,15 +508,15 @@ class CallPipeline:
         ended_json = CallEnded(call=meta).to_json()
 
         def build(pipe: Pipeline) -> None:
-            pipe.publish(keys.live(self.sid), end_json)
-            pipe.srem(keys.ACTIVE_CALLS, self.sid)
+            publish(pipe, keys.live(self.sid), end_json)
+            pipe.srem(keys.active(keys.tag_of(self.sid)), self.sid)
             pipe.hset(keys.meta(self.sid), mapping=ended_fields)  # type: ignore[arg-type]
-            pipe.publish(keys.CALL_EVENTS, ended_json)
+            publish_call_event(pipe, self.sid, ended_json)
             index_end(pipe, self.sid, meta.started_at, now, self.settings.retention_s)
             if self._hooks:
                 enqueue(pipe, "call_ended", self.sid, f"{self.sid}:call_ended")
-            pipe.xack(keys.JOBS, keys.JOBS_GROUP, self.job_id)
-            pipe.xdel(keys.JOBS, self.job_id)
+            pipe.xack(self.jobs, keys.JOBS_GROUP, self.job_id)
+            pipe.xdel(self.jobs, self.job_id)
             for key in keys.call_keys(self.sid):
                 pipe.expire(key, self.settings.retention_s)
             retire_audio(pipe, self.sid, self.settings.audio_replay_s)

@@ -19,14 +19,16 @@ from shared.history import tokens
 def index_final(
     pipe: Pipeline, call_sid: str, started_at: float, text: str, retention_s: int
 ) -> None:
-    """Queue: the call into ``cs:calls:recent`` and into ``cs:words:<w>`` for each word of ``text``.
+    """Queue: the call into ``cs:{p}:calls:recent`` and ``cs:{p}:words:<w>`` for each word of
+    ``text`` (``p``: the call's partition, so the final's MULTI stays in one cluster slot).
 
     Each word key's TTL is refreshed to ``retention_s``; the entries of calls older than that
     are trimmed by readers and at each call's end.
     """
-    pipe.zadd(keys.RECENT_CALLS, {call_sid: started_at})
+    tag = keys.tag_of(call_sid)
+    pipe.zadd(keys.recent(tag), {call_sid: started_at})
     for token in tokens(text):
-        key = keys.word(token)
+        key = keys.word(tag, token)
         pipe.zadd(key, {call_sid: started_at})
         pipe.expire(key, retention_s)
 
@@ -34,6 +36,8 @@ def index_final(
 def index_end(
     pipe: Pipeline, call_sid: str, started_at: float, now_s: float, retention_s: int
 ) -> None:
-    """Queue: the call into ``cs:calls:recent`` and the trim of calls older than the retention."""
-    pipe.zadd(keys.RECENT_CALLS, {call_sid: started_at})
-    pipe.zremrangebyscore(keys.RECENT_CALLS, "-inf", f"({now_s - retention_s:.3f}")
+    """Queue: the call into its partition's ``cs:{p}:calls:recent`` and the trim of that
+    partition's calls older than the retention."""
+    recent = keys.recent(keys.tag_of(call_sid))
+    pipe.zadd(recent, {call_sid: started_at})
+    pipe.zremrangebyscore(recent, "-inf", f"({now_s - retention_s:.3f}")

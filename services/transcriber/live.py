@@ -1,7 +1,7 @@
 """A worker's live events, published in order and in pipelines across its calls.
 
 Every interim result, every final (after its history entry is stored), and the ``error`` event
-of a failed call go to ``cs:{sid}:live`` by PUBLISH (docs/protocol.md, "Pub/sub channels").
+of a failed call go to ``cs:{p}:<sid>:live`` by PUBLISH (docs/protocol.md, "Pub/sub channels").
 One PUBLISH round trip per result cost the worker an eighth of its CPU at 100 calls (py-spy
 under benchmarks/load.py: 270 results a second); :class:`LivePublisher` queues them without
 awaiting and writes what accumulated over ``linger_s`` in one non-transactional pipeline.
@@ -24,6 +24,7 @@ from collections import deque
 
 import redis.asyncio as aioredis
 
+from shared.cluster import publish
 from shared.retry import REDIS_FAILURES, Backoff
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class LivePublisher:
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 for channel, payload in batch:
-                    pipe.publish(channel, payload)
+                    publish(pipe, channel, payload)  # SPUBLISH on a cluster
                 try:
                     await pipe.execute()
                 finally:

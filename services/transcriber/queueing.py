@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from shared import keys
+from shared.cluster import publish_call_event
 from shared.retry import cmd
 from shared.schema import CallMeta, CallStatus, CallUpdated
 
@@ -31,7 +33,10 @@ CHECK_INTERVAL_S = 1.0
 
 
 async def waiting_jobs(redis: aioredis.Redis) -> int:
-    """Jobs in ``cs:jobs`` not yet delivered to any worker of the group (calls waiting to start).
+    """Jobs in the ``cs:{p}:jobs`` streams not yet delivered to any worker (calls waiting to start).
+
+    One non-transactional pipeline of XLEN and XINFO GROUPS per partition (on a cluster redis-py
+    sends each node its own); the partitions' counts are added.
 
     Redis 7's ``XINFO GROUPS`` ``lag`` (https://redis.io/docs/latest/commands/xinfo-groups/);
     when it is null (Redis cannot tell after some deletions) or absent (Redis 6.2, fakeredis),
@@ -41,13 +46,25 @@ async def waiting_jobs(redis: aioredis.Redis) -> int:
     Raises:
         RedisError, OSError: Redis failed.
     """
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.xlen(keys.JOBS)
-        pipe.xinfo_groups(keys.JOBS)
-        try:
-            length, groups = await cmd(pipe.execute())
-        except ResponseError:  # no such key: no job was ever written
-            return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for tag in keys.TAGS:
+            pipe.xlen(keys.jobs(tag))
+            pipe.xinfo_groups(keys.jobs(tag))
+        replies = await cmd(pipe.execute(raise_on_error=False))
+    total = 0
+    for length, groups in zip(replies[::2], replies[1::2], strict=True):
+        if isinstance(length, Exception):
+            raise length
+        if isinstance(groups, ResponseError):  # no such key: no job was ever written there
+            continue
+        if isinstance(groups, Exception):
+            raise groups
+        total += _waiting(int(length), groups)
+    return total
+
+
+def _waiting(length: int, groups: list[dict[str, Any]]) -> int:
+    """Undelivered jobs of one stream of ``length`` entries, from its XINFO GROUPS reply."""
     for group in groups:
         name = group.get("name")
         if (name.decode() if isinstance(name, bytes) else name) != keys.JOBS_GROUP:
@@ -55,25 +72,29 @@ async def waiting_jobs(redis: aioredis.Redis) -> int:
         lag = group.get("lag")
         if isinstance(lag, int):
             return max(0, lag)
-        return max(0, int(length) - int(group.get("pending") or 0))
-    return int(length)
+        return max(0, length - int(group.get("pending") or 0))
+    return length
 
 
 async def set_status(redis: aioredis.Redis, metas: Sequence[CallMeta], status: CallStatus) -> None:
-    """Set each call's ``status`` in its meta hash and publish ``call_updated`` for it, all in
-    one MULTI.
+    """Set each call's ``status`` in its meta hash and publish ``call_updated`` for it: one
+    MULTI per partition (on a cluster a transaction stays in one slot).
 
     Raises RedisError or OSError when Redis failed (the caller may retry: every write is
     idempotent).
     """
     if not metas:
         return
-    async with redis.pipeline(transaction=True) as pipe:
-        for meta in metas:
-            updated = meta.model_copy(update={"status": status})
-            pipe.hset(keys.meta(meta.call_sid), "status", status)
-            pipe.publish(keys.CALL_EVENTS, CallUpdated(call=updated).to_json())
-        await cmd(pipe.execute())
+    by_tag: dict[str, list[CallMeta]] = {}
+    for meta in metas:
+        by_tag.setdefault(keys.tag_of(meta.call_sid), []).append(meta)
+    for group in by_tag.values():
+        async with redis.pipeline(transaction=True) as pipe:
+            for meta in group:
+                updated = meta.model_copy(update={"status": status})
+                pipe.hset(keys.meta(meta.call_sid), "status", status)
+                publish_call_event(pipe, meta.call_sid, CallUpdated(call=updated).to_json())
+            await cmd(pipe.execute())
     for meta in metas:
         log.info("call status", extra={"call_sid": meta.call_sid, "status": status})
 

@@ -9,10 +9,10 @@ whose meta hash has no ``call_sid`` any more has vanished too, whatever its job.
 The owner still holds everything the call needs in memory: its metadata, its checkpoint and
 its open ASR session, and ingest keeps writing the call's audio (its IDs are call times, so
 they stay above the owner's read position in the new stream). :func:`restore` writes back, in
-one MULTI: the meta hash (metadata, ``status=live``, the checkpoint, the new ``job_id``), the
-call into ``cs:calls:active``, ``call_started`` on ``cs:calls:events`` (the call reappears in
-lists; gateways that reconnected meanwhile took their snapshot without it) and an ``error``
-event with code ``data_lost`` on ``cs:{sid}:live`` (watchers learn that the finals before the
+one MULTI on the call's hash slot: the meta hash (metadata, ``status=live``, the checkpoint,
+the new ``job_id``), the call into its partition's active set, ``call_started`` on the call
+events channel (the call reappears in lists; gateways that reconnected meanwhile took their
+snapshot without it) and an ``error`` event with code ``data_lost`` on the call's live channel (watchers learn that the finals before the
 loss are missing from the history; the call goes on). The job itself is re-created by a
 script (:data:`_NEW_JOB`) that adds it and makes it pending under our name at once (XCLAIM
 FORCE), and moves the group's last-delivered ID past it when nothing older waits, so no other
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 
 from shared import keys
+from shared.cluster import publish, publish_call_event
 from shared.redisconn import as_text
 from shared.retry import cmd
 from shared.schema import CallMeta, CallStarted, CallStatus, ErrorEvent
@@ -58,7 +59,7 @@ if #newest == 0 or newest[1][1] == delivered then
 end
 return id
 """
-"""KEYS: ``cs:jobs``; ARGV: group, consumer, callSid. Returns the new job's ID, pending under
+"""KEYS: the call's partition job stream ``cs:{p}:jobs``; ARGV: group, consumer, callSid. Returns the new job's ID, pending under
 the consumer. The group's last-delivered ID moves to it only when every older job was
 delivered already (otherwise those would be skipped): in that rare case another worker may
 read ours later as new, which moves the entry to it, and our lease loop then sees the call
@@ -86,7 +87,7 @@ async def audit(
         for jid, call in calls:  # one HEXISTS per call and lease; an XRANGE only when in doubt
             pipe.hexists(keys.meta(call.sid), "call_sid")
             if jid not in pending:
-                pipe.xrange(keys.JOBS, jid, jid, count=1)
+                pipe.xrange(call.jobs, jid, jid, count=1)
         replies: list[Any] = list(await cmd(pipe.execute()))
     taken: list[CallPipeline] = []
     vanished: list[CallPipeline] = []
@@ -110,10 +111,8 @@ async def restore(redis: aioredis.Redis, call: CallPipeline, consumer: str) -> N
         what was written is rewritten then, each write being idempotent or harmless twice).
     """
     job_id = call.job_id
-    if not await cmd(redis.xrange(keys.JOBS, job_id, job_id, count=1)):
-        new_id = await cmd(
-            redis.eval(_NEW_JOB, 1, keys.JOBS, keys.JOBS_GROUP, consumer, call.sid)
-        )
+    if not await cmd(redis.xrange(call.jobs, job_id, job_id, count=1)):
+        new_id = await cmd(redis.eval(_NEW_JOB, 1, call.jobs, keys.JOBS_GROUP, consumer, call.sid))
         job_id = as_text(new_id)
     meta = (call.meta or CallMeta(call_sid=call.sid)).model_copy(update={"status": CallStatus.LIVE})
     fields = {**meta.to_redis(), **call.checkpoint_fields(), "job_id": job_id}
@@ -125,9 +124,9 @@ async def restore(redis: aioredis.Redis, call: CallPipeline, consumer: str) -> N
     )
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.meta(call.sid), mapping=fields)  # type: ignore[arg-type]
-        pipe.sadd(keys.ACTIVE_CALLS, call.sid)
-        pipe.publish(keys.CALL_EVENTS, CallStarted(call=meta).to_json())
-        pipe.publish(keys.live(call.sid), error.to_json())
+        pipe.sadd(keys.active(keys.tag_of(call.sid)), call.sid)
+        publish_call_event(pipe, call.sid, CallStarted(call=meta).to_json())
+        publish(pipe, keys.live(call.sid), error.to_json())
         await cmd(pipe.execute())
     call.job_id = job_id
     call.failure = DATA_LOST

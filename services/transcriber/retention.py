@@ -7,7 +7,7 @@ needs is only the audio after the call's checkpoint (``resume_audio_id``): a new
 from there (docs/architecture.md, "Ownership of a call"). So:
 
 * after each checkpoint write (the MULTI of a final, or a checkpoint moved by silence), the
-  owner queues ``XTRIM cs:{sid}:audio MINID ~ <checkpoint ms − AUDIO_REPLAY_S>`` in the same
+  owner queues ``XTRIM cs:{p}:<sid>:audio MINID ~ <checkpoint ms − AUDIO_REPLAY_S>`` in the same
   pipeline (https://redis.io/docs/latest/commands/xtrim/). The trim is approximate (``~``):
   Redis frees whole stream nodes (100 entries, 10 s of frames, by default), where an exact trim
   would only mark entries deleted inside a node and free nothing;
@@ -47,7 +47,7 @@ def trim_floor(resume_audio_id: str, keep_s: float) -> str | None:
 
 
 def trim_audio(pipe: Pipeline, call_sid: str, resume_audio_id: str, keep_s: float) -> None:
-    """Queue ``XTRIM cs:{sid}:audio MINID ~ <floor>`` (nothing when :func:`trim_floor` is None).
+    """Queue ``XTRIM cs:{p}:<sid>:audio MINID ~ <floor>`` (nothing when :func:`trim_floor` is None).
 
     Idempotent: a retried pipeline trims nothing more. Safe for a takeover: the new owner reads
     after ``resume_audio_id``, which is never trimmed.

@@ -1,7 +1,7 @@
 """Webhooks: ``call_started``, each final (optional) and ``call_ended`` POSTed to ``WEBHOOK_URLS``.
 
 Durable outbox: with webhooks configured, the transcriber adds one entry to the stream
-``cs:webhooks`` (:func:`enqueue`) inside the transactions it already runs: the claim of a call
+``cs:{p}:webhooks`` of the call's partition (:func:`enqueue`) inside the transactions it already runs: the claim of a call
 (``call_started``), each final's XADD (``final``, with ``WEBHOOK_FINALS``) and the end
 (``call_ended``). The :class:`Notifier` of every transcriber reads that stream through the
 consumer group ``notifiers`` and POSTs each entry to every URL, so delivery never blocks the
@@ -37,10 +37,10 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from shared import keys
-from shared.aio import retry
+from shared.cluster import partition_groups
 from shared.history import summarize
 from shared.redisconn import as_text
-from shared.replies import StreamEntry, StreamFields, autoclaimed, batches, entries
+from shared.replies import StreamFields, autoclaimed, batches, entries
 from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.schema import CallMeta, TranscriptEvent
 from shared.settings import TranscriberSettings
@@ -54,7 +54,7 @@ CONCURRENCY = 32
 """Deliveries in flight per notifier at most."""
 
 OUTBOX_MAXLEN = 100_000
-"""Approximate MAXLEN of ``cs:webhooks`` (deliveries waiting)."""
+"""Approximate MAXLEN of each ``cs:{p}:webhooks`` stream (deliveries waiting)."""
 
 TOLERANCE_S = 300.0
 """How far a signature's timestamp may be from the receiver's clock (:func:`verify`), s."""
@@ -69,7 +69,8 @@ def enqueue(pipe: Pipeline, event: str, call_sid: str, key: str, payload: str = 
     """Queue (in ``pipe``) one delivery: ``event`` of ``call_sid``, idempotency ``key``,
     ``payload`` = the final's JSON for ``final`` events (the rest is read at delivery)."""
     fields = {"event": event, "call_sid": call_sid, "key": key, "payload": payload}
-    pipe.xadd(keys.WEBHOOKS, fields, maxlen=OUTBOX_MAXLEN, approximate=True)  # type: ignore[arg-type]
+    stream = keys.webhooks(keys.tag_of(call_sid))  # the call's partition: its MULTI's one slot
+    pipe.xadd(stream, fields, maxlen=OUTBOX_MAXLEN, approximate=True)  # type: ignore[arg-type]
 
 
 def sign(secret: str, body: bytes, t: int) -> str:
@@ -95,7 +96,7 @@ def verify(
 
 
 class Notifier:
-    """Delivers ``cs:webhooks`` entries as this transcriber's consumer (see module docstring)."""
+    """Delivers ``cs:{p}:webhooks`` entries as this transcriber's consumer (see module docstring)."""
 
     def __init__(self, settings: TranscriberSettings, redis: aioredis.Redis) -> None:
         self.settings = settings
@@ -108,53 +109,68 @@ class Notifier:
         self._slots = asyncio.Semaphore(CONCURRENCY)
 
     async def run(self) -> None:
-        """Read and deliver until cancelled; never raises on Redis or HTTP failures."""
+        """Read and deliver until cancelled; never raises on Redis or HTTP failures.
+
+        One reader per group of outbox streams that one XREADGROUP can serve (all of them on a
+        single Redis, one per partition on a cluster: :func:`shared.cluster.partition_groups`).
+        """
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
-        backoff = Backoff()
         async with aiohttp.ClientSession(timeout=timeout) as http, asyncio.TaskGroup() as tg:
+            for tags in partition_groups(self.redis):
+                tg.create_task(self._read_loop(http, tg, [keys.webhooks(t) for t in tags]))
 
-            async def one_round() -> None:
-                await self._ensure_group()
-                for entry_id, fields in await self._next_entries():
+    async def _read_loop(
+        self, http: aiohttp.ClientSession, tg: asyncio.TaskGroup, streams: list[str]
+    ) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self._ensure_groups(streams)
+                for stream, entry_id, fields in await self._next_entries(streams):
                     await self._slots.acquire()
-                    tg.create_task(self._deliver(http, as_text(entry_id), fields))
+                    tg.create_task(self._deliver(http, stream, as_text(entry_id), fields))
+                backoff.reset()
+            except REDIS_FAILURES as exc:
+                await backoff.retry_after(exc, log, "redis unavailable", loop="webhooks")
 
-            while True:
-                await retry(one_round, log, "redis unavailable", backoff=backoff, loop="webhooks")
+    async def _ensure_groups(self, streams: list[str]) -> None:
+        for stream in streams:
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                await cmd(
+                    self.redis.xgroup_create(stream, keys.WEBHOOKS_GROUP, "0", mkstream=True)
+                )
 
-    async def _ensure_group(self) -> None:
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-            await cmd(
-                self.redis.xgroup_create(keys.WEBHOOKS, keys.WEBHOOKS_GROUP, "0", mkstream=True)
-            )
-
-    async def _next_entries(self) -> list[StreamEntry]:
+    async def _next_entries(self, streams: list[str]) -> list[tuple[str, bytes, StreamFields]]:
+        """``(stream, entry ID, fields)`` of deliveries to make: stale ones first (XAUTOCLAIM),
+        else new ones (XREADGROUP, blocking up to 1 s)."""
         consumer = self.settings.consumer
-        claimed = await cmd(
-            self.redis.xautoclaim(
-                keys.WEBHOOKS, keys.WEBHOOKS_GROUP, consumer, CLAIM_IDLE_MS, "0-0", count=16
+        found: list[tuple[str, bytes, StreamFields]] = []
+        for stream in streams:
+            claimed = await cmd(
+                self.redis.xautoclaim(
+                    stream, keys.WEBHOOKS_GROUP, consumer, CLAIM_IDLE_MS, "0-0", count=16
+                )
             )
-        )
-        stale = [(entry_id, f) for entry_id, f in autoclaimed(claimed) if f]
-        if stale:
-            return stale
+            found += [(stream, eid, f) for eid, f in autoclaimed(claimed) if f]
+        if found:
+            return found
         reply = await cmd(
             self.redis.xreadgroup(
-                keys.WEBHOOKS_GROUP, consumer, {keys.WEBHOOKS: ">"}, count=16, block=1000
+                keys.WEBHOOKS_GROUP, consumer, dict.fromkeys(streams, ">"), count=16, block=1000
             )
         )
-        return [e for _, batch in batches(reply) for e in batch]
+        return [(as_text(name), eid, f) for name, batch in batches(reply) for eid, f in batch]
 
     async def _deliver(
-        self, http: aiohttp.ClientSession, entry_id: str, raw: StreamFields
+        self, http: aiohttp.ClientSession, stream: str, entry_id: str, raw: dict[Any, Any]
     ) -> None:
         try:
             fields = {as_text(k): as_text(v) for k, v in raw.items()}
             body = (await self._payload(fields)).encode()
             for url in self.urls:
                 await self._post(http, url, fields, body)
-            await cmd(self.redis.xack(keys.WEBHOOKS, keys.WEBHOOKS_GROUP, entry_id))
-            await cmd(self.redis.xdel(keys.WEBHOOKS, entry_id))
+            await cmd(self.redis.xack(stream, keys.WEBHOOKS_GROUP, entry_id))
+            await cmd(self.redis.xdel(stream, entry_id))
         except REDIS_FAILURES as exc:  # left pending: delivered again after CLAIM_IDLE_MS
             log.warning("webhook not acknowledged", extra={"error": exc.__class__.__name__})
         finally:

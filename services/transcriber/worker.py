@@ -1,20 +1,30 @@
-"""The transcriber worker: claims calls from ``cs:jobs``, reads all their audio with one XREAD.
+"""The transcriber worker: claims calls from the ``cs:{p}:jobs`` streams, reads their audio.
 
-Three loops under one TaskGroup, plus one task per owned call:
+Loops under one TaskGroup, plus one task per owned call. A *group* is the set of partitions one
+multi-key command can serve (:func:`shared.cluster.partition_groups`): all twelve on a single
+Redis, one on a cluster. Per group:
 
-* *claim*: XAUTOCLAIM jobs idle longer than ``claim_idle_ms`` (a dead worker's calls), then
-  XREADGROUP ``>`` for as many new jobs as there is free capacity (``max_calls``), BLOCK
-  ``read_block_ms`` (https://redis.io/docs/latest/commands/xautoclaim/, /xreadgroup/).
-* *lease*: every ``lease_renew_s``, XCLAIM (min idle half a period, JUSTID) the jobs still
-  pending under our name, so live calls never look idle; a job that another worker took is abandoned here. It also
-  refreshes the health key ``cs:worker:<consumer>`` (``{"calls", "ts", "asr_ok"}``, TTL 3 leases).
-* *audio*: one XREAD BLOCK over every owned call's audio stream from its last ID; a call whose
-  queue is full is left out of the round until it drains, so backpressure stays in Redis.
+* *claim*: once a lease period, XAUTOCLAIM jobs idle longer than ``claim_idle_ms`` (a dead
+  worker's calls, https://redis.io/docs/latest/commands/xautoclaim/); then XREADGROUP ``>`` over
+  the group's job streams for this loop's share of the free capacity (``max_calls``), BLOCK
+  ``job_block_ms`` (at most a lease period): an idle worker waits in Redis and is woken by the
+  first new job, it does not poll. A worker with fewer free slots than groups blocks only
+  ``read_block_ms`` so that every partition is read in turn
+  (https://redis.io/docs/latest/commands/xreadgroup/).
+* *audio*: one XREAD BLOCK over the audio streams of every owned call in the group's
+  partitions, from each call's last ID; a call whose queue is full is left out of the round
+  until it drains, so backpressure stays in Redis.
+
+And once per worker, *lease*: every ``lease_renew_s``, XCLAIM (min idle half a period, JUSTID)
+the jobs still pending under our name, so live calls never look idle (a job that another worker
+took is abandoned here); refresh the health key
+``cs:worker:<consumer>`` (``{"calls", "ts", "asr_ok"}``, TTL 3 leases).
 
 Redis failures never end the worker: each loop backs off with jitter and resumes.
 
-Over 300 lines, not split yet: the worker's three loops share its call registry; issue 7 moves
-claiming and lease renewal to their own module.
+Over 300 lines, not split further yet: the worker's loops share its call registry and its
+capacity reservations; the job-stream writes (hand-over, give-back, lease renewal) are in
+:mod:`services.transcriber.jobs`.
 """
 
 from __future__ import annotations
@@ -31,15 +41,16 @@ from redis.typing import KeyT, StreamIdT
 
 from services.transcriber.call import CallPipeline
 from services.transcriber.engine import AsrEngine
+from services.transcriber.jobs import ensure_groups, give_back, hand_over, renew
 from services.transcriber.live import LivePublisher
 from services.transcriber.metrics import TranscriberMetrics
-from services.transcriber.queueing import Saturation, set_status
+from services.transcriber.queueing import Saturation
 from services.transcriber.recovery import audit, restore
 from shared import keys
-from shared.redisconn import as_text
-from shared.replies import batches, pending_ids
+from shared.cluster import partition_groups, ready
+from shared.redisconn import as_text, stream_id_tuple
+from shared.replies import batches
 from shared.retry import REDIS_FAILURES, Backoff, cmd
-from shared.schema import CallStatus
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
@@ -74,8 +85,14 @@ class Worker:
         self.live = LivePublisher(redis)
         self.calls: dict[str, CallPipeline] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._wake_reader = asyncio.Event()
+        self._groups = partition_groups(redis)
+        self._wake = {tag: asyncio.Event() for tags in self._groups for tag in tags}
+        for tags in self._groups:  # one event per audio reader, shared by its partitions
+            for tag in tags:
+                self._wake[tag] = self._wake[tags[0]]
         self._capacity = asyncio.Event()
+        self._reserved = 0  # free slots promised to a claim read in flight
+        self._cursors: dict[str, str] = {}  # XAUTOCLAIM position per job stream
         self._tg: asyncio.TaskGroup | None = None
         self.served = 0
         self.heartbeat_at: float | None = None  # monotonic time of the last health key write
@@ -97,13 +114,13 @@ class Worker:
         )
         serving: list[CallPipeline] = []
         try:
+            await ready(self.redis)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                loops = [
-                    tg.create_task(self._claim_loop(), name="claim"),
-                    tg.create_task(self._lease_loop(), name="lease"),
-                    tg.create_task(self._audio_loop(), name="audio"),
-                ]
+                loops = [tg.create_task(self._lease_loop(), name="lease")]
+                for tags in self._groups:
+                    loops.append(tg.create_task(self._claim_loop(tags), name="claim"))
+                    loops.append(tg.create_task(self._audio_loop(tags), name="audio"))
                 live = tg.create_task(self.live.run(), name="live")
                 await stop.wait()
                 serving = list(self.calls.values())
@@ -116,7 +133,7 @@ class Worker:
         finally:
             unfinished = [c for c in serving if not c.ended]
             handed_over = len(unfinished)
-            await self._hand_over(unfinished)
+            await hand_over(self.redis, self.consumer, unfinished, self.settings.claim_idle_ms)
             with contextlib.suppress(*REDIS_FAILURES):
                 async with asyncio.timeout(1.0):
                     await cmd(self.redis.delete(keys.worker(self.consumer)))
@@ -129,127 +146,135 @@ class Worker:
                 },
             )
 
-    async def _hand_over(self, calls: list[CallPipeline]) -> None:
-        """Show our unfinished calls as ``queued`` and make their jobs claimable by another
-        worker now (best effort, 1 s)."""
-        if not calls:
-            return
-        job_ids = [c.job_id for c in calls]
-        try:
-            async with asyncio.timeout(1.0):
-                # before the jobs can be claimed, so a new owner's "live" cannot come first
-                live = [
-                    c.meta for c in calls if c.meta and c.meta.status is CallStatus.LIVE and not c.ending
-                ]
-                with contextlib.suppress(*REDIS_FAILURES):  # the hand-over matters more
-                    await set_status(self.redis, live, CallStatus.QUEUED)
-                await cmd(
-                    self.redis.xclaim(
-                        keys.JOBS,
-                        keys.JOBS_GROUP,
-                        self.consumer,
-                        min_idle_time=0,
-                        message_ids=[*job_ids],
-                        idle=self.settings.claim_idle_ms,
-                        justid=True,
-                    )
-                )
-        except REDIS_FAILURES as exc:  # TimeoutError is an OSError, so among them
-            log.warning(
-                "hand-over failed: calls wait for claim_idle_ms",
-                extra={"consumer": self.consumer, "error": exc.__class__.__name__},
-            )
-            return
-        log.info("calls handed over", extra={"consumer": self.consumer, "calls": len(job_ids)})
-
     # ------------------------------------------------------------------ claiming
-
-    async def _ensure_group(self) -> None:
-        try:
-            await cmd(self.redis.xgroup_create(keys.JOBS, keys.JOBS_GROUP, id="0", mkstream=True))
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     def _free(self) -> int:
         return self.settings.max_calls - len(self._tasks)
 
-    async def _claim_loop(self) -> None:
+    def _reserve(self) -> int:
+        """Promise a claim read this loop's share of the free slots; 0 when none is left."""
+        share = max(1, self.settings.max_calls // len(self._groups))
+        n = min(share, self._free() - self._reserved)
+        if n <= 0:
+            return 0
+        self._reserved += n
+        return n
+
+    def _release(self, n: int) -> None:
+        self._reserved -= n
+        self._capacity.set()
+
+    async def _claim_loop(self, tags: list[str]) -> None:
+        """Read new jobs of the partitions ``tags`` with one blocking XREADGROUP at a time."""
         backoff = Backoff()
+        streams = [keys.jobs(t) for t in tags]
         group_ready = False
-        block_ms = self.settings.read_block_ms
-        cursor = "0-0"  # XAUTOCLAIM scans at most 10 x COUNT entries a call: walk the whole PEL
+        stale_due = 0.0
         while True:
+            n = reserved = 0
             try:
                 if not group_ready:
-                    await self._ensure_group()
+                    await ensure_groups(self.redis, streams)
                     group_ready = True
-                if self._free() <= 0:
-                    await self.saturation.full(self.redis)
+                n = reserved = self._reserve()
+                if n <= 0:
+                    if self._free() <= 0 and tags == self._groups[0]:
+                        await self.saturation.full(self.redis)
                     self._capacity.clear()
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(block_ms / 1000):
+                        async with asyncio.timeout(self.settings.read_block_ms / 1000):
                             await self._capacity.wait()
                     continue
-                cursor_next, claimed, *_ = await cmd(
-                    self.redis.xautoclaim(
-                        keys.JOBS,
+                now = asyncio.get_running_loop().time()
+                if now >= stale_due:  # a dead worker's jobs, at most once a lease period
+                    stale_due = now + self.settings.lease_renew_s
+                    n -= await self._claim_stale(streams, n)
+                    if n <= 0:
+                        continue
+                idle = self._free() >= len(self._groups)  # every group can read at once
+                block = self.settings.job_block_ms if idle else self.settings.read_block_ms
+                block = min(block, int(self.settings.lease_renew_s * 1000) + 1)
+                resp = await cmd(
+                    self.redis.xreadgroup(
                         keys.JOBS_GROUP,
                         self.consumer,
-                        min_idle_time=self.settings.claim_idle_ms,
-                        start_id=cursor,
-                        count=self._free(),
+                        dict.fromkeys(streams, ">"),
+                        count=max(1, n // len(streams)),  # COUNT is per stream
+                        block=block,
                     )
                 )
-                cursor = as_text(cursor_next)
-                for job_id, fields in claimed:
-                    await self._take(job_id, fields, reclaimed=True)
-                if (free := self._free()) > 0:
-                    resp = batches(
-                        await cmd(
-                            self.redis.xreadgroup(
-                                keys.JOBS_GROUP,
-                                self.consumer,
-                                {keys.JOBS: ">"},
-                                count=free,
-                                block=block_ms,
-                            )
-                        )
-                    )
-                    if sum(len(entries) for _, entries in resp) < free:
-                        self.saturation.drained()
-                    for _stream, entries in resp:
-                        for job_id, fields in entries:
-                            await self._take(job_id, fields, reclaimed=False)
+                got = [(as_text(st), jid, f) for st, batch in batches(resp) for jid, f in batch]
+                got.sort(key=lambda job: stream_id_tuple(job[1]))  # oldest first, any partition
+                if len(got) < n:
+                    self.saturation.drained()
+                for stream, job_id, fields in got[:n]:
+                    await self._take(stream, job_id, fields, reclaimed=False)
+                if len(got) > n:
+                    await give_back(self.redis, got[n:])
                 backoff.reset()
             except REDIS_FAILURES as exc:
                 if isinstance(exc, ResponseError) and (
                     "NOGROUP" in str(exc) or "no such key" in str(exc)
                 ):
                     group_ready = False
-                    cursor = "0-0"
                 await backoff.retry_after(exc, log, "redis unavailable", loop="claim")
+            finally:
+                if reserved > 0:
+                    self._release(reserved)
+
+    async def _claim_stale(self, streams: list[str], n: int) -> int:
+        """XAUTOCLAIM up to ``n`` jobs idle longer than ``claim_idle_ms`` from ``streams`` (a dead
+        worker's calls, or calls handed over); returns how many were taken.
+
+        Each stream keeps its scan position between rounds (XAUTOCLAIM looks at no more than
+        10 x COUNT entries a call), so a stale job behind many live ones is reached.
+        """
+        taken = 0
+        for stream in streams:
+            if taken >= n:
+                break
+            try:
+                cursor_next, claimed, *_ = await cmd(
+                    self.redis.xautoclaim(
+                        stream,
+                        keys.JOBS_GROUP,
+                        self.consumer,
+                        min_idle_time=self.settings.claim_idle_ms,
+                        start_id=self._cursors.get(stream, "0-0"),
+                        count=n - taken,
+                    )
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                    raise
+                self._cursors.pop(stream, None)  # not created yet (or lost with a restart)
+                continue
+            self._cursors[stream] = as_text(cursor_next)
+            for job_id, fields in claimed:
+                await self._take(stream, job_id, fields, reclaimed=True)
+                taken += 1
+        return taken
 
     async def _take(
-        self, job_id: bytes, fields: dict[bytes, bytes] | None, *, reclaimed: bool
+        self, stream: str, job_id: bytes, fields: dict[bytes, bytes] | None, *, reclaimed: bool
     ) -> None:
         """Start serving the call of one job (or drop a job that names no call)."""
         jid = as_text(job_id)
         sid = as_text(fields.get(b"call_sid", b"")) if fields else ""
         if sid in self.calls and self.calls[sid].job_id == jid:
             return  # already ours
-        if not sid or sid in self.calls:
+        if not sid or sid in self.calls or stream != keys.jobs(keys.tag_of(sid)):
             log.warning("bad or duplicate job dropped", extra={"call_sid": sid or "-", "job": jid})
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xack(keys.JOBS, keys.JOBS_GROUP, jid)
-                pipe.xdel(keys.JOBS, jid)
+                pipe.xack(stream, keys.JOBS_GROUP, jid)
+                pipe.xdel(stream, jid)
                 await pipe.execute()
             return
         assert self._tg is not None
         deliveries = 1
         if reclaimed:
             info = await cmd(
-                self.redis.xpending_range(keys.JOBS, keys.JOBS_GROUP, min=jid, max=jid, count=1)
+                self.redis.xpending_range(stream, keys.JOBS_GROUP, min=jid, max=jid, count=1)
             )
             deliveries = int(info[0]["times_delivered"]) if info else 1
         call = CallPipeline(
@@ -258,7 +283,7 @@ class Worker:
             self.redis,
             self.engine,
             self.settings,
-            self._wake_reader,
+            self._wake[keys.tag_of(sid)],
             deliveries,
             live=self.live,
         )
@@ -314,35 +339,18 @@ class Worker:
                 await backoff.retry_after(exc, log, "redis unavailable", loop="lease")
 
     async def _renew(self) -> None:
-        """Re-claim our pending jobs; abandon the calls whose job another worker took."""
+        """Re-claim our pending jobs; abandon the calls whose job another worker took, and
+        rebuild those whose keys Redis lost (:mod:`services.transcriber.recovery`)."""
         owned = {c.job_id: c for c in self.calls.values() if not c.ended}
         if not owned:
             return
-        pending = await cmd(
-            self.redis.xpending_range(
-                keys.JOBS,
-                keys.JOBS_GROUP,
-                min="-",
-                max="+",
-                count=2 * self.settings.max_calls + 10,
-                consumername=self.consumer,
-            )
+        mine = await renew(
+            self.redis,
+            self.consumer,
+            owned.values(),
+            self.settings.lease_renew_s,
+            self.settings.max_calls,
         )
-        mine = {as_text(jid) for jid in pending_ids(pending)}
-        keep = [jid for jid in owned if jid in mine]
-        if keep:
-            await cmd(
-                self.redis.xclaim(
-                    keys.JOBS,
-                    keys.JOBS_GROUP,
-                    self.consumer,
-                    # not 0: a job another worker claimed since our XPENDING has idle ~0, and
-                    # re-claiming it would make both serve the call; ours idle ~lease_renew_s
-                    min_idle_time=int(self.settings.lease_renew_s * 500),
-                    message_ids=[*keep],
-                    justid=True,
-                )
-            )
         taken, vanished = await audit(self.redis, owned, mine)
         for call in taken:
             log.warning(
@@ -356,21 +364,24 @@ class Worker:
 
     # ------------------------------------------------------------------ audio
 
-    async def _audio_loop(self) -> None:
+    async def _audio_loop(self, tags: list[str]) -> None:
+        """One XREAD per round over the audio of every owned call in the partitions ``tags``."""
         backoff = Backoff()
         block_ms = self.settings.read_block_ms
         loop = asyncio.get_running_loop()
+        mine = set(tags)
+        wake = self._wake[tags[0]]
         while True:
             streams: dict[KeyT, StreamIdT] = {
                 keys.audio(sid): c.last_id
                 for sid, c in self.calls.items()
-                if c.wants_audio(READ_COUNT)
+                if keys.tag_of(sid) in mine and c.wants_audio(READ_COUNT)
             }
             if not streams:
-                self._wake_reader.clear()
+                wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(block_ms / 1000):
-                        await self._wake_reader.wait()
+                        await wake.wait()
                 continue
             started = loop.time()
             try:
@@ -381,9 +392,8 @@ class Worker:
             except REDIS_FAILURES as exc:
                 await backoff.retry_after(exc, log, "redis unavailable", loop="audio")
                 continue
-            for stream, entries in resp:
-                sid = as_text(stream).split("{", 1)[1].split("}", 1)[0]
-                call = self.calls.get(sid)
+            for stream, entries in resp or []:
+                call = self.calls.get(keys.sid_of(stream))
                 if call is None or call.last_id != streams.get(as_text(stream)):
                     continue  # the call ended or was re-created meanwhile
                 for entry_id, fields in entries:

@@ -75,7 +75,7 @@ async def _wait_worker(redis_url: str, timeout_s: float, proc: asyncio.subproces
         while time.monotonic() < deadline:
             if proc.returncode is not None:
                 raise RuntimeError(f"transcriber exited with {proc.returncode}")
-            if await r.keys("cs:worker:*"):
+            if [k async for k in r.scan_iter(match="cs:worker:*")]:  # every node of a cluster
                 return
             await asyncio.sleep(0.05)
     finally:

@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 async def owner_of(redis_url: str, call_sid: str) -> str:
     """The consumer holding the call's pending job."""
     r = connect(redis_url)
+    jobs = keys.jobs(keys.tag_of(call_sid))
     try:
-        for entry in await r.xpending_range(keys.JOBS, keys.JOBS_GROUP, "-", "+", 100):
-            fields = (await r.xrange(keys.JOBS, entry["message_id"], entry["message_id"]))[0][1]
+        for entry in await r.xpending_range(jobs, keys.JOBS_GROUP, "-", "+", 100):
+            fields = (await r.xrange(jobs, entry["message_id"], entry["message_id"]))[0][1]
             if fields[b"call_sid"].decode() == call_sid:
                 return str(entry["consumer"].decode())
     finally:
@@ -40,6 +41,7 @@ async def owner_of(redis_url: str, call_sid: str) -> str:
     raise AssertionError("no pending job for the call")
 
 
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
 async def test_killed_transcriber_hands_the_call_over_without_loss_or_duplicate(
     redis_url: str, tmp_path: Path, audio_dir: Path
 ) -> None:

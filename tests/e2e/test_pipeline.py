@@ -127,6 +127,7 @@ async def test_whisper_transcribes_three_concurrent_calls_for_two_watchers_each(
     print("\n".join(report))
 
 
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
 async def test_fake_deepgram_finals_arrive_once_in_order_at_both_watchers(
     redis_url: str, tmp_path: Path, audio_dir: Path
 ) -> None:

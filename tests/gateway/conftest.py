@@ -98,7 +98,7 @@ class FakeTranscriber:
 
     async def start(self) -> None:
         """SADD active, HSET meta, PUBLISH call_started."""
-        await self.r.sadd(keys.ACTIVE_CALLS, self.sid)
+        await self.r.sadd(keys.active(keys.tag_of(self.sid)), self.sid)
         await self.r.hset(keys.meta(self.sid), mapping=self.meta.to_redis())
         await self.r.publish(keys.CALL_EVENTS, CallStarted(call=self.meta).to_json())
 
@@ -142,7 +142,7 @@ class FakeTranscriber:
             update={"status": CallStatus.ENDED, "ended_at": self.meta.started_at + 1}
         )
         await self.r.hset(keys.meta(self.sid), mapping=ended.to_redis())
-        await self.r.srem(keys.ACTIVE_CALLS, self.sid)
+        await self.r.srem(keys.active(keys.tag_of(self.sid)), self.sid)
         await self.r.publish(keys.live(self.sid), EndEvent(call_sid=self.sid).to_json())
         await self.r.publish(keys.CALL_EVENTS, CallEnded(call=ended).to_json())
 

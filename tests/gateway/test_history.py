@@ -39,7 +39,7 @@ async def write_call(
     )  # fmt: skip
     await r.hset(keys.meta(sid), mapping=meta.to_redis())
     if status != "ended":
-        await r.sadd(keys.ACTIVE_CALLS, sid)
+        await r.sadd(keys.active(keys.tag_of(sid)), sid)
     ids = []
     for seg, (channel, start, text) in enumerate(finals):
         event = TranscriptEvent(

@@ -55,8 +55,8 @@ async def test_call_is_announced_and_audio_reassembles_exactly(
     assert (meta.stream_sid, meta.account_sid) == (call.stream_sid, call.account_sid)
     assert (meta.from_, meta.to, meta.channels) == ("+15550001", "+15550002", 2)
     assert meta.custom_parameters == {"Direction": "inbound"}
-    assert await redis.smembers(keys.ACTIVE_CALLS) == {call.call_sid.encode()}
-    jobs = await redis.xrange(keys.JOBS)
+    assert await redis.smembers(keys.active(keys.tag_of(call.call_sid))) == {call.call_sid.encode()}
+    jobs = await redis.xrange(keys.jobs(keys.tag_of(call.call_sid)))
     assert [fields[b"call_sid"] for _, fields in jobs] == [call.call_sid.encode()]
     event = call_event_adapter.validate_json(msg["data"])
     assert event.type == "call_started" and event.call.call_sid == call.call_sid

@@ -41,7 +41,7 @@ async def test_full_buffer_drops_audio_but_never_control_entries(
     entries = await redis.xrange(keys.audio("CA1"))
     got = [AudioFrame.from_redis(fields) for _, fields in entries]
     assert got == [frame(0), frame(100), AudioFrame(t_ms=500, eof=True)]
-    assert await redis.xlen(keys.JOBS) == 1
+    assert await redis.xlen(keys.jobs(keys.tag_of("CA1"))) == 1
     assert 0 < await redis.ttl(keys.audio("CA1")) <= 60
     assert pub.dropped_frames == 3 and pub.written_frames == 2
     drops = [r for r in caplog.records if r.getMessage() == "write buffer full, dropping audio"]
@@ -91,8 +91,8 @@ async def test_lost_replies_add_no_second_job_and_no_duplicate_frame(
     pub.submit_eof("CA3", 200)
     await drain(pub)
     assert len(lost) == 2
-    assert [f[b"call_sid"] for _, f in await redis.xrange(keys.JOBS)] == [b"CA3"]
-    assert await redis.smembers(keys.ACTIVE_CALLS) == {b"CA3"}
+    assert [f[b"call_sid"] for _, f in await redis.xrange(keys.jobs(keys.tag_of("CA3")))] == [b"CA3"]
+    assert await redis.smembers(keys.active(keys.tag_of("CA3"))) == {b"CA3"}
     entries = await redis.xrange(keys.audio("CA3"))
     got = [AudioFrame.from_redis(fields) for _, fields in entries]
     assert got == [frame(0), frame(100), AudioFrame(t_ms=200, eof=True)]
@@ -105,7 +105,7 @@ async def test_a_new_stream_of_the_same_call_is_started_again(redis: aioredis.Re
     pub.submit_start(CallMeta(call_sid="CA4", stream_sid="MZa", tracks=["inbound"], channels=1))
     pub.submit_start(CallMeta(call_sid="CA4", stream_sid="MZb", tracks=["inbound"], channels=1))
     await drain(pub)
-    assert await redis.xlen(keys.JOBS) == 2
+    assert await redis.xlen(keys.jobs(keys.tag_of("CA4"))) == 2
     assert await redis.hget(keys.meta("CA4"), "stream_sid") == b"MZb"
 
 

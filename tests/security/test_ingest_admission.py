@@ -18,6 +18,7 @@ from shared import keys
 from shared.schema import CallMeta
 from tests.conftest import ROOT
 from tests.ingest.conftest import WAIT_S, read_audio
+from tests.partitions import active_count, job_count
 from tests.security.conftest import PUBLIC_URL, TWILIO_TOKEN
 
 WS_SIGNATURE = {"X-Twilio-Signature": sign("ws://ingest.test/twilio", {}, TWILIO_TOKEN)}
@@ -69,8 +70,8 @@ async def test_a_start_without_a_valid_token_never_reaches_a_worker(
             msgs = [t for _, t in twilio_messages(fake)]
             assert await _stream(port, msgs, WS_SIGNATURE) == 1008
             assert not await redis.exists(keys.meta(fake.call_sid))
-        assert await redis.xlen(keys.JOBS) == 0
-        assert await redis.scard(keys.ACTIVE_CALLS) == 0
+        assert await job_count(redis) == 0
+        assert await active_count(redis) == 0
         with pytest.raises(InvalidStatus) as unsigned:
             async with connect(f"ws://127.0.0.1:{port}/twilio"):
                 pass
@@ -98,7 +99,7 @@ async def test_a_token_works_once_and_a_replayed_stream_is_refused(
         meta = CallMeta.from_redis(await redis.hgetall(keys.meta(call.call_sid)))
         assert "StreamToken" not in meta.custom_parameters  # never shown to watchers
         assert await _stream(port, msgs, WS_SIGNATURE) == 1008
-        assert await redis.xlen(keys.JOBS) == 1
+        assert await job_count(redis) == 1
 
 
 async def test_a_second_stream_cannot_take_a_live_call_over(ingest, redis: aioredis.Redis) -> None:
@@ -123,7 +124,7 @@ async def test_a_second_stream_cannot_take_a_live_call_over(ingest, redis: aiore
     assert (meta.from_, meta.stream_sid) == ("+15550001", victim.stream_sid)
     pcmu = b"".join(f.pcmu for f in frames if not f.eof)
     assert pcmu == bytes([0x55]) * 1600  # every byte the victim sent, no silence
-    assert await redis.xlen(keys.JOBS) == 1
+    assert await job_count(redis) == 1
 
 
 async def test_accountsid_must_be_ours(ingest, redis: aioredis.Redis) -> None:

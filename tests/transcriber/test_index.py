@@ -30,10 +30,10 @@ async def test_finals_and_the_end_land_in_the_index_with_the_failure(
     await events.subscribe(keys.CALL_EVENTS)
     refused = AsrError("refused", retryable=False)  # after the final: recognition failed
     await serve_call(redis, SID, [final], settings(), fail_with=refused)
-    assert await redis.zscore(keys.word("thursday"), SID) == meta.started_at
-    assert await redis.zscore(keys.word("works"), SID) == meta.started_at
-    assert 0 < await redis.ttl(keys.word("three")) <= settings().retention_s
-    assert await redis.zscore(keys.RECENT_CALLS, SID) == meta.started_at
+    assert await redis.zscore(keys.word(keys.tag_of(SID), "thursday"), SID) == meta.started_at
+    assert await redis.zscore(keys.word(keys.tag_of(SID), "works"), SID) == meta.started_at
+    assert 0 < await redis.ttl(keys.word(keys.tag_of(SID), "three")) <= settings().retention_s
+    assert await redis.zscore(keys.recent(keys.tag_of(SID)), SID) == meta.started_at
     assert await redis.hget(keys.meta(SID), "failure") == b"asr_failed"
     async with asyncio.timeout(5):
         while (msg := await events.get_message(ignore_subscribe_messages=True, timeout=1)) is None:

@@ -177,9 +177,9 @@ async def test_call_whose_keys_redis_lost_is_restored_and_ends_well(
                 await asyncio.sleep(0.02)
         await redis.flushall()
         seen = await wait_messages(live, {sid}, "call_started")
-        assert await redis.sismember(keys.ACTIVE_CALLS, sid)
+        assert await redis.sismember(keys.active(keys.tag_of(sid)), sid)
         job_id = (await redis.hget(keys.meta(sid), "job_id")).decode()
-        pending = await redis.xpending_range(keys.JOBS, keys.JOBS_GROUP, "-", "+", 10)
+        pending = await redis.xpending_range(keys.jobs(keys.tag_of(sid)), keys.JOBS_GROUP, "-", "+", 10)
         assert [(p["message_id"].decode(), p["consumer"]) for p in pending] == [(job_id, b"a")]
         await add_audio(redis, sid, audio, from_s=12.0)
         seen += await wait_messages(live, {sid}, "call_ended")
@@ -194,8 +194,8 @@ async def test_call_whose_keys_redis_lost_is_restored_and_ends_well(
     assert len({m["id"] for m in finals}) == len(finals)
     meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.meta(sid))).items()}
     assert meta["status"] == "ended" and meta["failure"] == "data_lost" and meta["from"] == ""
-    assert await redis.xlen(keys.JOBS) == 0
-    assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
+    assert await redis.xlen(keys.jobs(keys.tag_of(sid))) == 0
+    assert not await redis.sismember(keys.active(keys.tag_of(sid)), sid)
     for key in await redis.keys(f"cs:{{{sid}}}:*"):
         assert await redis.ttl(key) > 0, key
 

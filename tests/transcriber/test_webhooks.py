@@ -61,7 +61,7 @@ async def test_call_started_final_and_call_ended_are_delivered_signed_after_a_re
     cfg = settings(webhook_urls=url, webhook_secret=SECRET, webhook_finals=True, consumer="n1")
     meta = CallMeta(call_sid=SID, started_at=time.time() - 10, **{"from": "+15550001111"})
     await redis.hset(keys.meta(SID), mapping=meta.to_redis())
-    await redis.sadd(keys.ACTIVE_CALLS, SID)
+    await redis.sadd(keys.active(keys.tag_of(SID)), SID)
     final = TranscriptEvent(
         call_sid=SID, segment=0, channel=0, speaker="caller", is_final=True,
         start=0.5, end=2.0, text="Thursday at three works.",
@@ -74,7 +74,7 @@ async def test_call_started_final_and_call_ended_are_delivered_signed_after_a_re
                 receiver.got.clear()
                 await receiver.got.wait()
             # acknowledged and deleted after delivery: a state in Redis, no event to await
-            while await redis.xlen(keys.WEBHOOKS):  # noqa: ASYNC110
+            while await redis.xlen(keys.webhooks(keys.tag_of(SID))):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
     finally:
         notifier.cancel()

@@ -18,9 +18,15 @@ from shared import keys
 from shared.redisconn import connect
 from shared.schema import AudioFrame, CallMeta, TranscriptEvent
 from tests.fakes.deepgram import FakeDeepgram, Turn
+from tests.partitions import job_count, pending_count
 from tests.transcriber.dgutil import call_audio, dentist, frames, settings
 
 WAIT_S = 15.0
+
+
+def jobs_of(sid: str) -> str:
+    """The job stream of the call's partition."""
+    return keys.jobs(keys.tag_of(sid))
 
 
 def sid_of(n: int) -> str:
@@ -33,8 +39,8 @@ async def add_call(redis: aioredis.Redis, sid: str, *, channels: int = 2) -> Non
     tracks = ["inbound", "outbound"][:channels]
     meta = CallMeta(call_sid=sid, stream_sid="MZ1", tracks=tracks, channels=channels)
     await redis.hset(keys.meta(sid), mapping=meta.to_redis())  # type: ignore[arg-type]
-    await redis.sadd(keys.ACTIVE_CALLS, sid)
-    await redis.xadd(keys.JOBS, {"call_sid": sid})
+    await redis.sadd(keys.active(keys.tag_of(sid)), sid)
+    await redis.xadd(jobs_of(sid), {"call_sid": sid})
 
 
 async def add_audio(
@@ -124,12 +130,12 @@ async def test_call_is_transcribed_published_and_retired(
     assert any(m["type"] == "transcript" and not m["is_final"] and m["id"] is None for m in seen)
     types = [m["type"] for m in seen]
     assert types.index("end") > max(i for i, t in enumerate(types) if t == "transcript")
-    assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
+    assert not await redis.sismember(keys.active(keys.tag_of(sid)), sid)
     assert (await redis.hget(keys.meta(sid), "status")) == b"ended"
     for key in keys.call_keys(sid):
         assert 0 < await redis.ttl(key) <= 24 * 3600
-    assert await redis.xlen(keys.JOBS) == 0
-    assert (await redis.xpending(keys.JOBS, keys.JOBS_GROUP))["pending"] == 0
+    assert await job_count(redis) == 0
+    assert await pending_count(redis) == 0
 
 
 async def test_two_workers_share_calls_and_each_call_is_transcribed_once(
@@ -150,10 +156,12 @@ async def test_two_workers_share_calls_and_each_call_is_transcribed_once(
             await add_call(redis, sid)
             await add_audio(redis, sid, audio, to_s=8.0, eof=False)
         await wait_messages(events, set(sids), "transcript")  # all four are being served at once
-        consumers = {
-            c["name"]: c["pending"] for c in await redis.xinfo_consumers(keys.JOBS, keys.JOBS_GROUP)
-        }
-        assert consumers == {b"a": 2, b"b": 2} or consumers == {"a": 2, "b": 2}
+        consumers: dict[str, int] = {}
+        for stream in {jobs_of(sid) for sid in sids}:
+            for c in await redis.xinfo_consumers(stream, keys.JOBS_GROUP):
+                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                consumers[name] = consumers.get(name, 0) + c["pending"]
+        assert consumers == {"a": 2, "b": 2}
         for sid in sids:
             await add_audio(redis, sid, audio, from_s=8.0)
         await wait_messages(events, set(sids), "call_ended")
@@ -211,7 +219,7 @@ async def test_max_calls_is_respected(
             await add_call(redis, sid)
             await add_audio(redis, sid, audio, to_s=8.0, eof=False)
         seen = await wait_messages(events, {first}, "transcript")
-        assert (await redis.xpending(keys.JOBS, keys.JOBS_GROUP))["pending"] == 1
+        assert await pending_count(redis) == 1
         assert all(m.get("call_sid") != second for m in seen)
         await add_audio(redis, first, audio, from_s=8.0)
         await wait_messages(events, {first}, "call_ended")
@@ -236,8 +244,8 @@ async def test_engine_failure_publishes_error_and_still_ends_the_call(
     types = [m["type"] for m in seen]
     assert types[:2] == ["error", "end"]
     assert seen[0]["code"] == "asr_failed"
-    assert await redis.xlen(keys.JOBS) == 0
-    assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
+    assert await job_count(redis) == 0
+    assert not await redis.sismember(keys.active(keys.tag_of(sid)), sid)
 
 
 async def test_worker_survives_redis_restart(redis_server, redis_url: str, audio_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -293,7 +301,7 @@ async def test_call_whose_audio_stops_without_eof_is_ended(
     assert any(m["type"] == "end" for m in seen)
     finals = await history(redis, sid)
     assert [(e.channel, e.text) for e in finals][:2] == expected(script)[:2]
-    assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
+    assert not await redis.sismember(keys.active(keys.tag_of(sid)), sid)
     assert (await redis.hget(keys.meta(sid), "status")) == b"ended"
 
 
@@ -319,7 +327,7 @@ async def test_duplicate_job_on_another_worker_is_dropped(
     await add_audio(redis, sid, audio, to_s=8.0, eof=False)
     async with FakeDeepgram(script) as fake, worker(redis_url, fake.url, consumer="a", max_calls=1):
         await wait_messages(events, {sid}, "transcript")
-        await redis.xadd(keys.JOBS, {"call_sid": sid})  # the duplicate
+        await redis.xadd(jobs_of(sid), {"call_sid": sid})  # the duplicate
         async with worker(redis_url, fake.url, consumer="b", max_calls=1):
             await until(lambda: _one_job(redis))  # b dropped the duplicate
             await add_audio(redis, sid, audio, from_s=8.0)
@@ -328,33 +336,36 @@ async def test_duplicate_job_on_another_worker_is_dropped(
     assert [(e.channel, e.text) for e in await history(redis, sid)] == expected(script)
     assert len(fake.connections) == 1
     assert [m["type"] for m in seen].count("end") == 1
-    assert await redis.xlen(keys.JOBS) == 0
+    assert await job_count(redis) == 0
 
 
 async def _one_job(redis: aioredis.Redis) -> bool:
-    """True when ``cs:jobs`` holds exactly one entry."""
-    return bool(await redis.xlen(keys.JOBS) == 1)
+    """True when the job streams hold exactly one entry."""
+    return bool(await job_count(redis) == 1)
 
 
 async def test_stale_job_behind_many_live_ones_is_taken_over(
     redis_url: str, redis: aioredis.Redis
 ) -> None:
     """XAUTOCLAIM scans 10 x COUNT entries a call: a stale job after 12 live ones is still reached."""
-    await redis.xgroup_create(keys.JOBS, keys.JOBS_GROUP, id="0", mkstream=True)
-    ids = [await redis.xadd(keys.JOBS, {"call_sid": sid_of(100 + n)}) for n in range(13)]
-    await redis.xreadgroup(keys.JOBS_GROUP, "live", {keys.JOBS: ">"}, count=13)
+    tag = keys.tag_of(sid_of(100))
+    stream = keys.jobs(tag)
+    sids = [s for s in map(sid_of, range(100, 1000)) if keys.tag_of(s) == tag][:13]
+    await redis.xgroup_create(stream, keys.JOBS_GROUP, id="0", mkstream=True)
+    ids = [await redis.xadd(stream, {"call_sid": sid}) for sid in sids]
+    await redis.xreadgroup(keys.JOBS_GROUP, "live", {stream: ">"}, count=13)
     # the last job's worker died ten minutes ago (XCLAIM ... IDLE sets its idle time); the first
     # twelve were just read, so they stay fresh for the whole test against a one-minute claim_idle_ms
-    await redis.xclaim(keys.JOBS, keys.JOBS_GROUP, "live", 0, [ids[12]], idle=600_000, justid=True)
+    await redis.xclaim(stream, keys.JOBS_GROUP, "live", 0, [ids[12]], idle=600_000, justid=True)
     async with worker(redis_url, "ws://127.0.0.1:9/v1/listen", max_calls=1, claim_idle_ms=60_000):
         # the stale job names a call without metadata: the worker retires it at once
-        await until(lambda: _job_gone(redis, ids[12]))
-    assert len(await redis.xrange(keys.JOBS)) == 12
+        await until(lambda: _job_gone(redis, stream, ids[12]))
+    assert len(await redis.xrange(stream)) == 12
 
 
-async def _job_gone(redis: aioredis.Redis, job_id: bytes) -> bool:
-    """True when ``job_id`` is no longer in ``cs:jobs``."""
-    return not await redis.xrange(keys.JOBS, job_id, job_id)
+async def _job_gone(redis: aioredis.Redis, stream: str, job_id: bytes) -> bool:
+    """True when ``job_id`` is no longer in ``stream``."""
+    return not await redis.xrange(stream, job_id, job_id)
 
 
 class CrashingEngine:
@@ -396,8 +407,8 @@ async def test_call_that_crashes_every_worker_is_ended_with_an_error(
     await live.aclose()
     assert engine.opened == MAX_DELIVERIES
     assert [m["type"] for m in seen][:2] == ["error", "end"]
-    assert await redis.xlen(keys.JOBS) == 0
-    assert not await redis.sismember(keys.ACTIVE_CALLS, sid)
+    assert await job_count(redis) == 0
+    assert not await redis.sismember(keys.active(keys.tag_of(sid)), sid)
 
 
 async def test_lease_renewal_does_not_steal_back_a_job_claimed_meanwhile(
@@ -407,13 +418,14 @@ async def test_lease_renewal_does_not_steal_back_a_job_claimed_meanwhile(
     # long lease and claim periods: only the renewal at the lease loop's start runs, and no
     # job turns idle enough to be claimed by age however slow the machine is
     s = settings(redis_url=redis_url, consumer="a", lease_renew_s=60.0, claim_idle_ms=600_000)
-    await redis.xgroup_create(keys.JOBS, keys.JOBS_GROUP, id="0", mkstream=True)
-    job = (await redis.xadd(keys.JOBS, {"call_sid": sid_of(90)})).decode()
-    await redis.xreadgroup(keys.JOBS_GROUP, "a", {keys.JOBS: ">"})
+    stream = jobs_of(sid_of(90))
+    await redis.xgroup_create(stream, keys.JOBS_GROUP, id="0", mkstream=True)
+    job = (await redis.xadd(stream, {"call_sid": sid_of(90)})).decode()
+    await redis.xreadgroup(keys.JOBS_GROUP, "a", {stream: ">"})
     pending_of_a = await redis.xpending_range(
-        keys.JOBS, keys.JOBS_GROUP, "-", "+", 10, consumername="a"
+        stream, keys.JOBS_GROUP, "-", "+", 10, consumername="a"
     )
-    await redis.xclaim(keys.JOBS, keys.JOBS_GROUP, "b", 0, [job], justid=True)  # b took it
+    await redis.xclaim(stream, keys.JOBS_GROUP, "b", 0, [job], justid=True)  # b took it
 
     async def stale_xpending(*args: object, **kwargs: object) -> object:
         return pending_of_a  # what XPENDING said just before b's claim
@@ -427,7 +439,7 @@ async def test_lease_renewal_does_not_steal_back_a_job_claimed_meanwhile(
     try:
         # the lease loop renews first, then writes the health key
         await until(lambda: _exists(redis, keys.worker("a")))
-        [entry] = await redis.xpending_range(keys.JOBS, keys.JOBS_GROUP, "-", "+", 10)
+        [entry] = await redis.xpending_range(stream, keys.JOBS_GROUP, "-", "+", 10)
     finally:
         stop.set()
         async with asyncio.timeout(WAIT_S):
