@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.asyncio.connection import Connection
 
-from shared.redisconn import connect, stream_id_tuple
+from shared.redisconn import HiredisPackedConnection, connect, stream_id_tuple
 
 
 async def test_memory_xreadgroup_blocks_until_an_entry_or_the_timeout() -> None:
@@ -46,3 +47,31 @@ def test_stream_ids_order_numerically() -> None:
     assert stream_id_tuple(b"0") == (0, 0)
     with pytest.raises(ValueError):
         stream_id_tuple("x-1")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("XREAD", "COUNT", 5, "BLOCK", 20, "STREAMS", "cs:{p0.1}:CA1:audio", "0-0"),
+        ("XADD", "cs:{p0.1}:CA1:audio", "ID", "1234-1", "t", 1234, "pcmu", b"\xff\x00" * 800),
+        ("ZADD", "k", 1733250000.123456, "CA1", 0.1, "CA2"),
+        ("HSET", "k", "speaker", "é"),
+        ("CLIENT SETNAME", "x"),
+    ],
+)
+def test_commands_are_packed_as_redis_py_packs_them(args: tuple[object, ...]) -> None:
+    """The C packer sends the very bytes redis-py's own Python packer would."""
+    assert b"".join(HiredisPackedConnection().pack_command(*args)) == b"".join(
+        Connection().pack_command(*args)
+    )
+
+
+async def test_a_plain_redis_url_packs_with_hiredis(redis_url: str) -> None:
+    """``redis://`` clients use the C packer, and commands round-trip through a real server."""
+    client = connect(redis_url)
+    try:
+        assert client.connection_pool.connection_class is HiredisPackedConnection
+        await client.xadd("cs:test", {"pcmu": b"\xff\x00"}, id="5-1")
+        assert await client.xrange("cs:test") == [(b"5-1", {b"pcmu": b"\xff\x00"})]
+    finally:
+        await client.aclose()
