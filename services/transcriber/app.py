@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from services.transcriber.engine import AsrEngine
-from services.transcriber.engines import make_engine
+from services.transcriber.choose_engine import make_engine
 from services.transcriber.metrics import serve_status
 from services.transcriber.probe import Probe, probe_until_ok
 from services.transcriber.webhooks import Notifier

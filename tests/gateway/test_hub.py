@@ -55,7 +55,7 @@ async def test_subscribe_while_the_hub_connects_is_not_lost(
     await call.start()
     hub = Hub(redis_url, redis_timeout_s=2.0, ping_interval_s=0.5)
     connecting, gate = asyncio.Event(), asyncio.Event()
-    make_pubsub = hub._ps_client.pubsub
+    make_pubsub = hub.listener.client.pubsub
 
     def gated_pubsub() -> Any:
         ps = make_pubsub()
@@ -69,7 +69,7 @@ async def test_subscribe_while_the_hub_connects_is_not_lost(
         ps.connect = connect_then_wait
         return ps
 
-    hub._ps_client.pubsub = gated_pubsub  # type: ignore[method-assign]
+    hub.listener.client.pubsub = gated_pubsub  # type: ignore[method-assign]
     async with running_hub(hub):
         async with asyncio.timeout(WAIT_S):
             await connecting.wait()
@@ -79,7 +79,7 @@ async def test_subscribe_while_the_hub_connects_is_not_lost(
         gate.set()
         async with asyncio.timeout(WAIT_S):
             await hub.connected.wait()
-            while hub._inflight:  # noqa: ASYNC110 (confirmation arrives over Redis)
+            while not hub.listener.settled:  # noqa: ASYNC110 (confirmation arrives over Redis)
                 await asyncio.sleep(0.01)
         final_id = await call.final("after connect")
         [message] = await next_sent(outbox, [], 1)
@@ -120,7 +120,7 @@ async def test_cancel_with_live_subscribers_stops_cleanly(
         await hub.connected.wait()
     await hub.attach_call("CAstay", Outbox(16), since=None)
     async with asyncio.timeout(WAIT_S):
-        while hub._inflight or not hub._channels[keys.live("CAstay")].confirmed.is_set():  # noqa: ASYNC110
+        while not hub.confirmed(keys.live("CAstay")):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     task.cancel()
     async with asyncio.timeout(WAIT_S):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.gateway.deepgram import results_json
+from services.gateway.results_shape import results_json
 from shared.schema import TranscriptEvent, Word
 
 
