@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import ValidationError
 from websockets.frames import CloseCode
 
-from services.gateway.results_shape import results_json
 from services.gateway.outbox import SLOW_REASON, Outbox
+from services.gateway.results_shape import results_json
 from services.gateway.store import StreamId
 from shared.redisconn import stream_id_tuple
 from shared.schema import (

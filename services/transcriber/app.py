@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from services.transcriber.engine import AsrEngine
 from services.transcriber.choose_engine import make_engine
+from services.transcriber.engine import AsrEngine
 from services.transcriber.metrics import serve_status
 from services.transcriber.probe import Probe, probe_until_ok
 from services.transcriber.webhooks import Notifier

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 
 from services.transcriber.__main__ import main
 from services.transcriber.app import run
-from services.transcriber.deepgram import DeepgramEngine
 from services.transcriber.choose_engine import make_engine
+from services.transcriber.deepgram import DeepgramEngine
 from services.transcriber.health import check
 from shared import keys
 from shared.errors import AsrError
