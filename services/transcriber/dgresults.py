@@ -6,8 +6,10 @@ recognised a second time. :class:`CallResults` keeps what it takes to undo both:
 
 * the connection's offset: the call time of the first frame sent on it, which
   :func:`~services.transcriber.dgproto.results_to_event` adds to every time;
-* per channel, the call time its last final ends at: a ``Results`` (final or interim) that ends
-  no later is of audio already finalised, and is dropped;
+* per channel, the call time its last final ends at
+  (:class:`~services.transcriber.checkpoint.FinalEnds`, the rule the call pipeline's checkpoint
+  applies too): a ``Results`` (final or interim) that ends no later is of audio already
+  finalised, and is dropped;
 * the replay buffer: the frames sent since the earliest of those finals, oldest first, at most
   ``replay_max_frames`` (older ones are forgotten, and their speech is lost after a drop).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 
+from services.transcriber.checkpoint import FinalEnds
 from services.transcriber.dgproto import (
     DeepgramMessageError,
     SegmentTracker,
@@ -34,10 +37,6 @@ from shared.schema import TranscriptEvent
 
 log = logging.getLogger(__name__)
 
-_EPS_S = 0.002
-"""Slack when comparing a result's end with a channel's last final, s (rounding of times)."""
-
-
 class CallResults:
     """Turns one call's Deepgram server messages into :class:`TranscriptEvent` in call time,
     dropping results of audio already finalised, and keeps the audio to replay after a drop.
@@ -50,7 +49,7 @@ class CallResults:
     def __init__(self, call: CallAudio, *, replay_max_frames: int) -> None:
         self._call = call
         self._segments = SegmentTracker(call.first_segment)
-        self._final_end_s = [call.start_ms / 1000.0] * call.channels
+        self._final_ends = FinalEnds([call.start_ms / 1000.0] * call.channels)
         self._frame_bytes_per_ms = BYTES_PER_MS * call.channels
         self._replay: collections.deque[tuple[int, bytes]] = collections.deque(
             maxlen=replay_max_frames
@@ -97,10 +96,7 @@ class CallResults:
             results = parse_results(data)
             channel = results.channel_index[0]
             end_s = self._offset_s + results.start + results.duration
-            if (
-                0 <= channel < len(self._final_end_s)
-                and end_s <= self._final_end_s[channel] + _EPS_S
-            ):
+            if 0 <= channel < self._call.channels and self._final_ends.done(channel, end_s):
                 return None  # already finalised (replayed audio)
             event = results_to_event(
                 results,
@@ -113,13 +109,13 @@ class CallResults:
             log.warning("deepgram bad message", extra={"call_sid": sid, "code": exc.code})
             return None
         if results.is_final:
-            self._final_end_s[channel] = max(self._final_end_s[channel], end_s)
+            self._final_ends.advance(channel, end_s)
             self._trim_replay()
         return event
 
     def _trim_replay(self) -> None:
         """Forget frames that end before every channel's last final."""
-        covered_ms = min(self._final_end_s) * 1000.0
+        covered_ms = self._final_ends.covered_s * 1000.0
         per_ms = self._frame_bytes_per_ms
         replay = self._replay
         while replay and replay[0][0] + len(replay[0][1]) / per_ms <= covered_ms + 0.5:

@@ -82,7 +82,7 @@ async def hand_over(
                 await set_status(redis, live, CallStatus.QUEUED)
             by_stream: dict[str, list[CallPipeline]] = {}
             for c in calls:
-                by_stream.setdefault(c.jobs, []).append(c)
+                by_stream.setdefault(c.store.jobs, []).append(c)
             for stream, group in by_stream.items():
                 async with redis.pipeline(transaction=True) as pipe:
                     for c in group:
@@ -128,7 +128,7 @@ async def renew(
     by_stream: dict[str, dict[str, CallPipeline]] = {}
     for c in calls:
         if not c.ended:
-            by_stream.setdefault(c.jobs, {})[c.job_id] = c
+            by_stream.setdefault(c.store.jobs, {})[c.job_id] = c
     pending_ids: set[str] = set()
     for stream, owned in by_stream.items():
         pending: list[dict[str, Any]] = await cmd(

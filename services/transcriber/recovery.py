@@ -87,7 +87,7 @@ async def audit(
         for jid, call in calls:  # one HEXISTS per call and lease; an XRANGE only when in doubt
             pipe.hexists(keys.meta(call.sid), "call_sid")
             if jid not in pending:
-                pipe.xrange(call.jobs, jid, jid, count=1)
+                pipe.xrange(call.store.jobs, jid, jid, count=1)
         replies: list[Any] = list(await cmd(pipe.execute()))
     taken: list[CallPipeline] = []
     vanished: list[CallPipeline] = []
@@ -110,9 +110,9 @@ async def restore(redis: aioredis.Redis, call: CallPipeline, consumer: str) -> N
         RedisError, OSError: Redis failed; nothing is adopted (the next lease round retries;
         what was written is rewritten then, each write being idempotent or harmless twice).
     """
-    job_id = call.job_id
-    if not await cmd(redis.xrange(call.jobs, job_id, job_id, count=1)):
-        new_id = await cmd(redis.eval(_NEW_JOB, 1, call.jobs, keys.JOBS_GROUP, consumer, call.sid))
+    job_id, jobs = call.job_id, call.store.jobs
+    if not await cmd(redis.xrange(jobs, job_id, job_id, count=1)):
+        new_id = await cmd(redis.eval(_NEW_JOB, 1, jobs, keys.JOBS_GROUP, consumer, call.sid))
         job_id = as_text(new_id)
     meta = (call.meta or CallMeta(call_sid=call.sid)).model_copy(update={"status": CallStatus.LIVE})
     fields = {**meta.to_redis(), **call.checkpoint_fields(), "job_id": job_id}

@@ -50,7 +50,7 @@ async def test_final_straddling_the_last_final_keeps_only_new_words(
     assert stored.text == "new words."
     assert [w.word for w in stored.words] == ["new", "words."]
     assert stored.start == 20.1 and stored.end == 22.0
-    assert call.final_end_s[0] == 22.0
+    assert call.checkpoint.final_ends.ends[0] == 22.0
 
 
 async def test_final_with_only_finalised_words_is_dropped(redis: aioredis.Redis) -> None:
@@ -88,4 +88,10 @@ async def test_empty_final_clears_a_shown_interim_but_silence_is_not_stored(
             published.append(TranscriptEvent.model_validate_json(msg["data"]))
     await live.aclose()
     assert [(e.is_final, e.text, e.segment) for e in published] == [(False, "uh", 3), (True, "", 3)]
-    assert call.final_end_s == [2.5, 9.0] and call.next_segment == 5
+    checkpoint = call.checkpoint.to_meta()
+    assert checkpoint.pop("resume_audio_id") != "0-0"  # both channels cover the one frame
+    assert checkpoint == {
+        "next_segment": "5",
+        "final_end_s_0": "2.500",
+        "final_end_s_1": "9.000",
+    }
