@@ -20,6 +20,7 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,7 +74,7 @@ def port_or_free(preferred: int | None, default: int, host: str = "127.0.0.1") -
     return default
 
 
-async def _preload_engine(settings: Any) -> Any:
+async def preload_engine(settings: Any) -> Any:
     """Build the embedded Whisper engine and load its models now, before the call starts.
 
     The engine is handed to the transcriber's ``run(engine=…)``; the demo closes it at the end.
@@ -91,10 +92,17 @@ async def _preload_engine(settings: Any) -> Any:
 class Demo:
     """One demo run; :meth:`run` returns the exit status (0, 1 on failure, 130 when stopped)."""
 
-    def __init__(self, options: DemoOptions, stop: asyncio.Event, out: TextIO) -> None:
+    def __init__(
+        self,
+        options: DemoOptions,
+        stop: asyncio.Event,
+        out: TextIO,
+        load_engine: Callable[[Any], Awaitable[Any]] = preload_engine,
+    ) -> None:
         self.options = options
         self.stop = stop
         self.out = out
+        self.load_engine = load_engine
         self.status = 0
 
     def say(self, text: str) -> None:
@@ -133,7 +141,7 @@ class Demo:
             "no authentication (local only)"
         )
         t0 = time.monotonic()
-        engine = await _preload_engine(transcriber)
+        engine = await self.load_engine(transcriber)
         if self.stop.is_set():  # Ctrl-C while the model loaded: start nothing
             await engine.aclose()
             return 130
@@ -229,8 +237,17 @@ def _redacted(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-async def run_demo(options: DemoOptions, stop: asyncio.Event, out: TextIO = sys.stdout) -> int:
+async def run_demo(
+    options: DemoOptions,
+    stop: asyncio.Event,
+    out: TextIO = sys.stdout,
+    *,
+    load_engine: Callable[[Any], Awaitable[Any]] = preload_engine,
+) -> int:
     """Run the demo until its call ends (or ``stop``); returns the exit status.
+
+    ``load_engine(transcriber_settings)`` builds the speech engine before any service starts
+    (:func:`preload_engine`, the embedded Whisper engine; tests pass a lighter one).
 
     A service that fails to start (a port taken, Redis unreachable) or a call that does not end
     in time ends the demo with 1, an unreadable ``audio`` with 2, each with a one-line
@@ -240,7 +257,7 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event, out: TextIO = sys.
     from shared.errors import AsrError
 
     try:
-        return await Demo(options, stop, out).run()
+        return await Demo(options, stop, out, load_engine).run()
     except SimulateError as exc:  # --audio cannot be read
         print(f"callscribe demo: {exc}", file=sys.stderr)
         return 2

@@ -140,10 +140,11 @@ async def test_ctrl_c_while_the_model_loads_starts_nothing(
         stop.set()  # Ctrl-C arrives during the load
         return engine
 
-    monkeypatch.setattr(demo, "_preload_engine", loading)
     out = io.StringIO()
     options = demo.DemoOptions(ingest_port=0, gateway_port=0)
-    status = await asyncio.wait_for(demo.run_demo(options, stop, out), IN_PROCESS_S)
+    status = await asyncio.wait_for(
+        demo.run_demo(options, stop, out, load_engine=loading), IN_PROCESS_S
+    )
     assert status == 130
     assert engine.closed
     assert "ingest" not in out.getvalue() and "loaded" not in out.getvalue()
@@ -165,12 +166,11 @@ async def test_ctrl_c_before_the_ports_are_bound_is_quiet(
     async def loaded(settings: object) -> _FakeEngine:
         return _FakeEngine()
 
-    monkeypatch.setattr(demo, "_preload_engine", loaded)
     monkeypatch.setattr(ingest_app, "run", ingest_interrupted)
     monkeypatch.setattr(transcriber_app, "run", _waits_for_stop)
     options = demo.DemoOptions(ingest_port=0, gateway_port=0)
     status = await asyncio.wait_for(
-        demo.run_demo(options, asyncio.Event(), io.StringIO()), IN_PROCESS_S
+        demo.run_demo(options, asyncio.Event(), io.StringIO(), load_engine=loaded), IN_PROCESS_S
     )
     assert status == 130
     assert _never_retrieved(caplog) == []
@@ -187,7 +187,6 @@ async def test_a_call_that_never_ends_fails_the_demo_in_bounded_time(
     async def loaded(settings: object) -> _FakeEngine:
         return _FakeEngine()
 
-    monkeypatch.setattr(demo, "_preload_engine", loaded)
     monkeypatch.setattr(transcriber_app, "run", _waits_for_stop)
     out = io.StringIO()
     options = demo.DemoOptions(
@@ -198,6 +197,8 @@ async def test_a_call_that_never_ends_fails_the_demo_in_bounded_time(
         end_grace_s=1.0,
         end_per_audio_s=0.0,
     )
-    status = await asyncio.wait_for(demo.run_demo(options, asyncio.Event(), out), IN_PROCESS_S)
+    status = await asyncio.wait_for(
+        demo.run_demo(options, asyncio.Event(), out, load_engine=loaded), IN_PROCESS_S
+    )
     assert status == 1, out.getvalue()
     assert "the call did not end within 1 s" in out.getvalue()
