@@ -17,7 +17,6 @@ The options, and the gateway URL they name, are :mod:`callscribe.watch_options`'
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -41,7 +40,9 @@ from shared.schema import (
     CallUpdated,
     EndEvent,
     ErrorEvent,
+    ListRequest,
     ServerMessage,
+    SubscribeRequest,
     TranscriptEvent,
     server_message_adapter,
 )
@@ -157,7 +158,7 @@ class Watcher:
 
     async def _session(self, ws: ClientConnection) -> bool:
         """One connection: list, subscribe, render. True once the call is over."""
-        await ws.send('{"type":"list"}')
+        await ws.send(ListRequest(type="list").model_dump_json())
         if not self.renderer.tty:
             return await self._receive(ws)
         # the progress ticker lives exactly as long as this connection's receive loop
@@ -284,10 +285,8 @@ class Watcher:
         if not st.started_rendering:
             st.started_rendering = True
             self.renderer.start(meta)
-        request: dict[str, str] = {"type": "subscribe", "call_sid": meta.call_sid}
-        if since is not None:
-            request["since"] = since
-        await ws.send(json.dumps(request))
+        request = SubscribeRequest(type="subscribe", call_sid=meta.call_sid, since=since)
+        await ws.send(request.model_dump_json(exclude_none=True))
         log.info("subscribed", extra={"call_sid": meta.call_sid, "since": since})
 
 
