@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from callscribe.twilio_client import stream_call
+from shared import keys
 from shared.audio import interleave
 from shared.redisconn import connect
 from tests.e2e.harness import Services, run_services, wait_call_started
@@ -64,10 +65,13 @@ async def health(svc: Services) -> tuple[int, int]:
 
 
 async def keys_without_ttl(redis_url: str, call_sid: str) -> list[bytes]:
-    """The call's keys (``cs:{sid}:*``) that have no expiry."""
+    """The call's keys (``cs:{p}:<sid>:*``) that have no expiry; AssertionError when the call
+    has no key at all (the check would prove nothing)."""
     r = connect(redis_url)
     try:
-        return [k for k in await r.keys(f"cs:{{{call_sid}}}:*") if await r.ttl(k) < 0]
+        found = await r.keys(f"cs:{{{keys.tag_of(call_sid)}}}:{call_sid}:*")
+        assert keys.meta(call_sid).encode() in found, found
+        return [k for k in found if await r.ttl(k) < 0]
     finally:
         await r.aclose()
 

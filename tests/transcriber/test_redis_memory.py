@@ -196,7 +196,9 @@ async def test_call_whose_keys_redis_lost_is_restored_and_ends_well(
     assert meta["status"] == "ended" and meta["failure"] == "data_lost" and meta["from"] == ""
     assert await redis.xlen(keys.jobs(keys.tag_of(sid))) == 0
     assert not await redis.sismember(keys.active(keys.tag_of(sid)), sid)
-    for key in await redis.keys(f"cs:{{{sid}}}:*"):
+    call_keys = await redis.keys(f"cs:{{{keys.tag_of(sid)}}}:{sid}:*")
+    assert keys.meta(sid).encode() in call_keys
+    for key in call_keys:
         assert await redis.ttl(key) > 0, key
 
 
