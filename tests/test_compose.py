@@ -238,3 +238,47 @@ def test_compose_redis_persists_to_a_volume(compose: dict[str, Any]) -> None:
     volume, _, target = redis["volumes"][0].partition(":")
     assert target == "/data"  # the redis image's working directory, where the AOF lives
     assert volume in compose["volumes"]
+
+
+def test_cluster_override_persists_and_points_every_service_at_the_cluster(tmp_path: Path) -> None:
+    """docker-compose.cluster.yml: three nodes in cluster mode with AOF on their own volumes,
+    every service's REDIS_URL a ``redis+cluster://`` URL naming the three, and the node command
+    one that redis-server accepts (started here on a free port, it answers in cluster mode)."""
+    from shared.cluster import is_cluster_url
+
+    cluster = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+    nodes = [f"redis-{i}" for i in (1, 2, 3)]
+    for name in nodes:
+        node = cluster["services"][name]
+        command = node["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--appendonly") + 1] == "yes"
+        volume, _, target = node["volumes"][0].partition(":")
+        assert target == "/data" and volume in cluster["volumes"]
+    for name in ("ingest", "transcriber", "gateway"):
+        url = _substitute(cluster["services"][name]["environment"]["REDIS_URL"], SHELL)
+        assert is_cluster_url(url), url
+        assert all(f"{n}:6379" in url for n in nodes), url
+    command = [_substitute(arg, SHELL) for arg in cluster["services"]["redis-1"]["command"]]
+    port = free_port()
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+        while True:
+            info = subprocess.run(
+                ["redis-cli", "-p", str(port), "-a", SHELL["REDIS_PASSWORD"], "--no-auth-warning",
+                 "cluster", "info"],
+                capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            if "cluster_state" in info.stdout or time.monotonic() > deadline:
+                break
+            assert server.poll() is None, "redis-server refused the compose node command"
+            time.sleep(0.1)  # polling another process: no event to await
+        assert "cluster_state" in info.stdout, info.stdout + info.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=STOP_TIMEOUT_S)
