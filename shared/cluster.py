@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 
 from shared import keys
-from shared.retry import REDIS_FAILURES, Backoff
+from shared.retry import REDIS_FAILURES, Backoff, CancelGuard
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,18 @@ def startup_nodes(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
+class GuardedRedisCluster(CancelGuard, RedisCluster):  # type: ignore[misc]  # as GuardedRedis
+    """``RedisCluster`` whose commands are guarded by :func:`shared.retry.cmd`: its
+    ``execute_command`` is the entry of every single command, before the slot is looked up and
+    the command routed, redirected or retried (the nodes' own ``execute_command`` is below it).
+    Its ``ClusterPipeline`` is another class and queues as before."""
+
+
 def connect_cluster(
     url: str, *, socket_timeout_s: float, max_connections: int | None = None, **kwargs: Any
 ) -> aioredis.Redis:
-    """A ``RedisCluster`` for ``url`` with bytes replies, typed as ``redis.asyncio.Redis``.
+    """A :class:`GuardedRedisCluster` for ``url`` with bytes replies, typed as
+    ``redis.asyncio.Redis``.
 
     The cluster client has the same command methods (the cast only spares every caller a
     union type). ``max_connections`` is per node (redis-py's default 100); a command that finds
@@ -66,7 +74,7 @@ def connect_cluster(
     by the callers' backoff) instead of waiting. ``health_check_interval`` as for a single Redis.
     """
     user = urlsplit(url)
-    client = RedisCluster(
+    client = GuardedRedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in startup_nodes(url)],
         username=user.username or None,
         password=user.password or None,

@@ -4,6 +4,15 @@
 ``memory://`` gives an in-process fakeredis; every connection opened in one process shares one
 fake server, so ingest, transcriber and gateway running in one process (``callscribe demo``) see
 the same keys. It cannot be shared between processes.
+
+Every client :func:`connect` returns guards each of its commands against the cancellations
+redis-py swallows (:func:`shared.retry.cmd`, applied by :class:`shared.retry.CancelGuard`):
+:class:`GuardedRedis` for ``redis://``, ``rediss://`` and ``unix://``, a subclass of it for
+``memory://``, :class:`shared.cluster.GuardedRedisCluster` for ``redis+cluster://``. Their
+``pubsub()`` is a :class:`shared.retry.GuardedPubSub` (on a cluster, the hub's sharded pub/sub
+opens its node clients here too, :mod:`services.gateway.sharded`). So a call site without
+``cmd()`` is as safe as one with it; pipelines are not affected (their ``execute_command`` only
+queues, and ``execute()`` is awaited through ``cmd()`` where it matters).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.connection import HiredisRespSerializer
 
 from shared.cluster import connect_cluster, is_cluster_url
+from shared.retry import CancelGuard, GuardedPubSub
 
 _fake_servers: dict[str, Any] = {}
 _memory_class: Any = None
@@ -22,8 +32,22 @@ MEMORY_POLL_MS = 10
 """How often the memory:// client re-asks while emulating ``XREADGROUP … BLOCK``, ms."""
 
 
+# The ignore[misc] on these classes: once a class has two bases mypy checks redis-py's (and
+# fakeredis's) own bases against each other; their command_info and from_url differ there.
+class GuardedRedis(CancelGuard, aioredis.Redis):  # type: ignore[misc]
+    """``redis.asyncio.Redis`` whose commands are guarded by :func:`shared.retry.cmd` and whose
+    ``pubsub()`` is a :class:`shared.retry.GuardedPubSub` (module docstring)."""
+
+    def pubsub(self, **kwargs: Any) -> GuardedPubSub:
+        """A pub/sub object on this client's pool, as redis-py's, with its commands guarded."""
+        return GuardedPubSub(
+            self.connection_pool, event_dispatcher=self._event_dispatcher, **kwargs
+        )
+
+
 def _memory_redis_class() -> Any:
-    """fakeredis's async client, with ``XREADGROUP … BLOCK`` that blocks.
+    """fakeredis's async client, guarded as :class:`GuardedRedis`, with ``XREADGROUP … BLOCK``
+    that blocks.
 
     fakeredis 2.40 answers XREADGROUP at once when nothing is new, whatever BLOCK says
     (measured: ~10,000 empty replies a second with ``block=100``; XREAD does block), so a
@@ -36,7 +60,7 @@ def _memory_redis_class() -> Any:
 
         import fakeredis
 
-        class MemoryRedis(fakeredis.FakeAsyncRedis):
+        class MemoryRedis(GuardedRedis, fakeredis.FakeAsyncRedis):  # type: ignore[misc]
             async def xreadgroup(self, *args: Any, block: int | None = None, **kw: Any) -> Any:
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + (block or 0) / 1000
@@ -89,7 +113,8 @@ def connect(
     pool_timeout_s: float | None = None,
     **kwargs: Any,
 ) -> aioredis.Redis:
-    """Return a ``redis.asyncio.Redis`` for ``url`` with responses as bytes.
+    """Return a ``redis.asyncio.Redis`` for ``url`` with responses as bytes, every command
+    guarded against swallowed cancellations (:class:`GuardedRedis`, module docstring).
 
     ``redis+cluster://host:port[,host:port…]`` gives a ``RedisCluster`` instead
     (:func:`shared.cluster.connect_cluster`: ``pool_max_connections`` per node, no blocking pool).
@@ -123,9 +148,9 @@ def connect(
             retry_on_timeout=False,
             **_packing(url, kwargs),
         )
-        blocking: aioredis.Redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose closes it
+        blocking: aioredis.Redis = GuardedRedis.from_pool(pool)  # owns the pool: aclose closes it
         return blocking
-    return aioredis.Redis.from_url(
+    return GuardedRedis.from_url(
         url,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=min(socket_timeout_s, 5.0),

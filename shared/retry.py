@@ -1,4 +1,9 @@
-"""Backoff with jitter for Redis failures, and a guard for cancellations redis-py swallows."""
+"""Backoff with jitter for Redis failures, and a guard for cancellations redis-py swallows.
+
+The guard is :func:`cmd`; :class:`CancelGuard` and :class:`GuardedPubSub` apply it to every
+command of the clients :func:`shared.redisconn.connect` returns, so a call site that forgets
+``cmd()`` is guarded all the same.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError)
@@ -90,6 +96,16 @@ async def cmd(awaitable: Awaitable[T]) -> T:
     task running; and a pub/sub command cancelled while its connection closes can turn the
     cancellation into an ``AttributeError`` of its own. ``Task.cancelling()`` still counts the
     request, so in both cases we raise ``CancelledError`` here.
+
+    Every client of :func:`shared.redisconn.connect` already applies this to each of its commands
+    (:class:`CancelGuard`, and :class:`GuardedPubSub` for pub/sub), so a forgotten ``cmd()`` no
+    longer leaves a cancelled task running. Wrapping a command (or a pipeline's ``execute()``, or
+    any other awaitable) in it is still right and harmless: a second check of the same task.
+
+    Like any check of ``Task.cancelling()``, it also raises for a command awaited *after* the
+    task caught a cancellation (clean-up in ``finally``) unless the task called ``uncancel()``:
+    the command is carried out, then ``CancelledError`` is raised, and the clean-up's next
+    command is not sent.
     """
     task = asyncio.current_task()
     try:
@@ -101,3 +117,41 @@ async def cmd(awaitable: Awaitable[T]) -> T:
     if task is not None and task.cancelling():
         raise asyncio.CancelledError()
     return result
+
+
+class CancelGuard:
+    """Mixin for a redis-py asyncio client class: every command goes through :func:`cmd`.
+
+    It overrides ``execute_command``, the one method every single command of
+    ``redis.asyncio.Redis`` (HGET, XADD, EVAL, a script's EVALSHA, each page of a SCAN…) and of
+    ``RedisCluster`` (whatever node it is routed to, with its redirections and retries) is
+    awaited through. Pipelines are other classes (``Pipeline``, ``ClusterPipeline``) whose
+    ``execute_command`` only queues; they keep it. Put it first among the bases:
+    ``class C(CancelGuard, redis.asyncio.Redis)``.
+    """
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """The client's own ``execute_command``, guarded by :func:`cmd`."""
+        unguarded = super().execute_command  # type: ignore[misc]  # the client class after us
+        return await cmd(unguarded(*args, **options))
+
+
+class GuardedPubSub(PubSub):
+    """redis-py's asyncio ``PubSub`` with :func:`cmd` around its commands (SUBSCRIBE,
+    UNSUBSCRIBE, SSUBSCRIBE, PING…: ``execute_command``) and its reads (``get_message``, which
+    ``run()`` uses too). Left as they are: ``connect()`` and ``aclose()``, and ``listen()``, which
+    reads through ``parse_response`` (callscribe reads with ``get_message``)."""
+
+    async def execute_command(self, *args: Any) -> Any:
+        """Send one pub/sub command (its reply comes as a message), guarded by :func:`cmd`."""
+        return await cmd(super().execute_command(*args))
+
+    async def get_message(
+        self,
+        ignore_subscribe_messages: bool = False,
+        timeout: float | None = 0.0,  # noqa: ASYNC109 (redis-py PubSub signature)
+    ) -> Any:
+        """The next message, or None after ``timeout`` s, guarded by :func:`cmd`."""
+        return await cmd(super().get_message(ignore_subscribe_messages, timeout))
+
+    get_sharded_message = get_message

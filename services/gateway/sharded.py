@@ -5,7 +5,8 @@
 counting and reconnect logic stay the same on a single Redis and on a cluster:
 
 * ``subscribe(name)`` sends ``SSUBSCRIBE name`` to the node owning the channel's slot, on that
-  node's one pub/sub connection (a plain ``redis.asyncio`` client: a node holds the
+  node's one pub/sub connection (a single-node client of :func:`shared.redisconn.connect`, so
+  its pub/sub commands and reads are guarded against swallowed cancellations: a node holds the
   subscriptions of all the channels whose slots it owns). ``cs:calls:events`` is the logical
   name of the call-event channels: it subscribes every partition's ``cs:{p}:events``, confirms
   once all of them are, and their messages are reported as ``cs:calls:events``.
@@ -33,7 +34,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import keys
-from shared.redisconn import as_text
+from shared.redisconn import as_text, connect
 
 
 class ShardedPubSub:
@@ -66,11 +67,8 @@ class ShardedPubSub:
             raise RedisConnectionError(f"no node serves {channel}")
         entry = self._nodes.get(node.name)
         if entry is None:
-            client = aioredis.Redis(
-                host=node.host,
-                port=int(node.port),
-                socket_timeout=self._socket_timeout_s,
-                socket_connect_timeout=min(self._socket_timeout_s, 5.0),
+            client = connect(
+                _node_url(node.host, int(node.port)), socket_timeout_s=self._socket_timeout_s
             )
             ps = client.pubsub()
             ps.first_subscribe = asyncio.Event()  # type: ignore[attr-defined]  # our mark on redis-py's PubSub
@@ -165,6 +163,11 @@ class ShardedPubSub:
                 await ps.aclose()
                 await client.aclose()
         self._nodes.clear()
+
+
+def _node_url(host: str, port: int) -> str:
+    """``redis://host:port`` of one cluster node (an IPv6 address in brackets)."""
+    return f"redis://[{host}]:{port}" if ":" in host else f"redis://{host}:{port}"
 
 
 def open_pubsub(client: aioredis.Redis, socket_timeout_s: float) -> Any:
