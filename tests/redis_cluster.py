@@ -2,7 +2,9 @@
 
 Three ``redis-server --cluster-enabled yes`` processes, each in its own temporary directory,
 joined with ``redis-cli --cluster create`` (no replicas), ready once ``CLUSTER INFO`` says
-``cluster_state:ok`` on every node.
+``cluster_state:ok`` on every node. Every node asks for a password (``requirepass``, as the
+compose cluster does), so the tests run the clients' authentication on every connection they
+open, the gateway's per-node pub/sub connections included.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import redis
 
 from tests.redis_server import free_port
 
+PASSWORD = "cluster-test-password"
+"""``requirepass`` and ``masterauth`` of every node."""
 
-def _node_port() -> int:
+
+def node_port() -> int:
     """A free port whose cluster bus port (+10000) is a valid port and free too."""
     while True:
         port = free_port()
@@ -46,14 +51,15 @@ class RedisCluster:
         if server is None or cli is None:
             raise RuntimeError("redis-server and redis-cli are needed (.ci/run installs them)")
         self.server, self.cli = server, cli
-        self.ports = [_node_port() for _ in range(masters)]
+        self.ports = [node_port() for _ in range(masters)]
         self.dirs = [Path(tempfile.mkdtemp(prefix="cs-cluster-")) for _ in self.ports]
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
     def url(self) -> str:
-        """``redis+cluster://127.0.0.1:<port>,…`` (every node as a startup node)."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        """``redis+cluster://:<password>@127.0.0.1:<port>,…`` (every node as a startup node)."""
+        nodes = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return f"redis+cluster://:{PASSWORD}@{nodes}"
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Start the nodes, create the cluster, wait until every node reports ``ok``."""
@@ -76,6 +82,10 @@ class RedisCluster:
                         "",
                         "--appendonly",
                         "no",
+                        "--requirepass",
+                        PASSWORD,
+                        "--masterauth",
+                        PASSWORD,
                         "--dir",
                         str(d),
                         "--daemonize",
@@ -93,6 +103,9 @@ class RedisCluster:
         subprocess.run(
             [
                 self.cli,
+                "-a",
+                PASSWORD,
+                "--no-auth-warning",
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{p}" for p in self.ports),
@@ -123,12 +136,15 @@ class RedisCluster:
     @staticmethod
     def _ask(port: int, command: str) -> str:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(f"AUTH {PASSWORD}\r\n".encode())
+            if not s.recv(4096).startswith(b"+OK"):
+                raise OSError("the node refused the password")
             s.sendall(command.encode() + b"\r\n")
             return s.recv(4096).decode(errors="replace")
 
     def owner(self, slot: int) -> int:
         """The port of the master serving ``slot`` now."""
-        client = redis.Redis(port=self.ports[0], socket_timeout=5.0)
+        client = redis.Redis(port=self.ports[0], password=PASSWORD, socket_timeout=5.0)
         try:
             for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
                 if int(start) <= slot <= int(end):
@@ -142,7 +158,7 @@ class RedisCluster:
         reshard`` does (SETSLOT IMPORTING/MIGRATING, MIGRATE in batches, SETSLOT NODE on every
         master), while clients keep using it; returns the number of keys moved."""
         from_port = self.owner(slot)
-        nodes = {p: redis.Redis(port=p, socket_timeout=10.0) for p in self.ports}
+        nodes = {p: redis.Redis(port=p, password=PASSWORD, socket_timeout=10.0) for p in self.ports}
         try:
             ids = {p: n.execute_command("CLUSTER MYID").decode() for p, n in nodes.items()}
             src, dst = nodes[from_port], nodes[to_port]
@@ -150,7 +166,9 @@ class RedisCluster:
             src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to_port])
             moved = 0
             while batch := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
-                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *batch)
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "AUTH", PASSWORD, "KEYS", *batch
+                )
                 moved += len(batch)
             for port in (to_port, from_port, *self.ports):
                 nodes[port].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to_port])

@@ -22,6 +22,7 @@ import yaml
 from callscribe.cli import SERVICES, build_parser
 from shared.settings import GatewaySettings, IngestSettings, TranscriberSettings
 from shared.settings_doc import env_names
+from tests.redis_cluster import node_port
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,7 +261,7 @@ def test_cluster_override_persists_and_points_every_service_at_the_cluster(tmp_p
         assert is_cluster_url(url), url
         assert all(f"{n}:6379" in url for n in nodes), url
     command = [_substitute(arg, SHELL) for arg in cluster["services"]["redis-1"]["command"]]
-    port = free_port()
+    port = node_port()  # its cluster bus port (+10000) must be free too
     server = subprocess.Popen(
         [*command, "--port", str(port), "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,

@@ -5,7 +5,8 @@
 counting and reconnect logic stay the same on a single Redis and on a cluster:
 
 * ``subscribe(name)`` sends ``SSUBSCRIBE name`` to the node owning the channel's slot, on that
-  node's one pub/sub connection (a single-node client of :func:`shared.redisconn.connect`, so
+  node's one pub/sub connection (a single-node client of :func:`shared.redisconn.connect`, with
+  the cluster URL's username and password, so
   its pub/sub commands and reads are guarded against swallowed cancellations: a node holds the
   subscriptions of all the channels whose slots it owns). ``cs:calls:events`` is the logical
   name of the call-event channels: it subscribes every partition's ``cs:{p}:events``, confirms
@@ -67,8 +68,12 @@ class ShardedPubSub:
             raise RedisConnectionError(f"no node serves {channel}")
         entry = self._nodes.get(node.name)
         if entry is None:
+            given = node.connection_kwargs  # the cluster URL's username and password
+            auth = {k: given[k] for k in ("username", "password") if given.get(k)}
             client = connect(
-                _node_url(node.host, int(node.port)), socket_timeout_s=self._socket_timeout_s
+                _node_url(node.host, int(node.port)),
+                socket_timeout_s=self._socket_timeout_s,
+                **auth,
             )
             ps = client.pubsub()
             ps.first_subscribe = asyncio.Event()  # type: ignore[attr-defined]  # our mark on redis-py's PubSub
