@@ -18,7 +18,7 @@ Redis, one on a cluster. Per group:
 And once per worker, *lease*: every ``lease_renew_s``, XCLAIM (min idle half a period, JUSTID)
 the jobs still pending under our name, so live calls never look idle (a job that another worker
 took is abandoned here); refresh the health key
-``cs:worker:<consumer>`` (``{"calls", "ts", "asr_ok"}``, TTL 3 leases).
+``cs:worker:<consumer>`` (:class:`shared.schema.WorkerHealth`, TTL 3 leases).
 
 Redis failures never end the worker: each loop backs off with jitter and resumes.
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 
@@ -51,6 +50,7 @@ from shared.cluster import partition_groups, ready
 from shared.redisconn import as_text, stream_id_tuple
 from shared.replies import batches
 from shared.retry import REDIS_FAILURES, Backoff, cmd
+from shared.schema import WorkerHealth
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
@@ -321,12 +321,15 @@ class Worker:
         while True:
             try:
                 await self._renew()
+                record = WorkerHealth(
+                    calls=len(self.calls),
+                    ts=round(time.time(), 3),
+                    asr_ok=self.health.get("asr_ok", True),
+                )
                 await cmd(
                     self.redis.set(
                         keys.worker(self.consumer),
-                        json.dumps(
-                            {"calls": len(self.calls), "ts": round(time.time(), 3), **self.health}
-                        ),
+                        record.to_redis(),
                         px=health_ttl_ms(self.settings),
                     )
                 )
