@@ -51,7 +51,11 @@ LATENCY_BUCKETS_S = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30
 """Histogram buckets of the transcript latency, s: fine below a second (Deepgram), coarse above
 (Whisper, queued calls)."""
 
-REDIS_LOGGERS = ("services.transcriber.worker", "services.transcriber.call")
+REDIS_LOGGERS = (
+    "services.transcriber.worker",
+    "services.transcriber.audio_reader",
+    "services.transcriber.call",
+)
 """Modules whose retried failures (:data:`shared.retry.FAILURES`) are Redis errors."""
 
 

@@ -11,9 +11,9 @@ Redis, one on a cluster. Per group:
   first new job, it does not poll. A worker with fewer free slots than groups blocks only
   ``read_block_ms`` so that every partition is read in turn
   (https://redis.io/docs/latest/commands/xreadgroup/).
-* *audio*: one XREAD BLOCK over the audio streams of every owned call in the group's
-  partitions, from each call's last ID; a call whose queue is full is left out of the round
-  until it drains, so backpressure stays in Redis.
+* *audio* (:class:`services.transcriber.audio_reader.AudioReader`): one XREAD BLOCK over the
+  audio streams of every owned call in the group's partitions, from each call's last ID; a call
+  whose queue is full is left out of the round until it drains, so backpressure stays in Redis.
 
 And once per worker, *lease*: every ``lease_renew_s``, XCLAIM (min idle half a period, JUSTID)
 the jobs still pending under our name, so live calls never look idle (a job that another worker
@@ -36,8 +36,8 @@ import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
-from redis.typing import KeyT, StreamIdT
 
+from services.transcriber.audio_reader import AudioReader
 from services.transcriber.call import CallPipeline
 from services.transcriber.engine import AsrEngine
 from services.transcriber.jobs import ensure_groups, give_back, hand_over, renew
@@ -55,21 +55,10 @@ from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
 
-READ_COUNT = 10
-"""Audio entries one XREAD round takes per call at most (1 s of 100 ms frames)."""
-
-ROUND_MIN_S = 0.02
-"""Shortest time between the starts of two audio XREAD rounds, s. Without it a worker serving
-many calls reads as soon as any one frame lands, one round trip per frame (1,000 a second at 100
-calls, a sixth of the worker's CPU under benchmarks/load.py); with it one round serves every
-call's frames of the last 20 ms, at the cost of at most 20 ms of latency."""
-
 
 def health_ttl_ms(settings: TranscriberSettings) -> int:
     """TTL of the health key: three lease periods, at least one second."""
     return max(1000, int(settings.lease_renew_s * 3000))
-
-
 
 
 class Worker:
@@ -120,7 +109,9 @@ class Worker:
                 loops = [tg.create_task(self._lease_loop(), name="lease")]
                 for tags in self._groups:
                     loops.append(tg.create_task(self._claim_loop(tags), name="claim"))
-                    loops.append(tg.create_task(self._audio_loop(tags), name="audio"))
+                    wake, block_ms = self._wake[tags[0]], self.settings.read_block_ms
+                    reader = AudioReader(self.redis, self.calls, tags, wake, block_ms)
+                    loops.append(tg.create_task(reader.run(), name="audio"))
                 live = tg.create_task(self.live.run(), name="live")
                 await stop.wait()
                 serving = list(self.calls.values())
@@ -364,43 +355,3 @@ class Worker:
                 task.cancel()
         for call in vanished:  # Redis lost them (restarted without persistence): rebuild
             await restore(self.redis, call, self.consumer)
-
-    # ------------------------------------------------------------------ audio
-
-    async def _audio_loop(self, tags: list[str]) -> None:
-        """One XREAD per round over the audio of every owned call in the partitions ``tags``."""
-        backoff = Backoff()
-        block_ms = self.settings.read_block_ms
-        loop = asyncio.get_running_loop()
-        mine = set(tags)
-        wake = self._wake[tags[0]]
-        while True:
-            streams: dict[KeyT, StreamIdT] = {
-                keys.audio(sid): c.last_id
-                for sid, c in self.calls.items()
-                if keys.tag_of(sid) in mine and c.wants_audio(READ_COUNT)
-            }
-            if not streams:
-                wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(block_ms / 1000):
-                        await wake.wait()
-                continue
-            started = loop.time()
-            try:
-                resp = batches(
-                    await cmd(self.redis.xread(streams, count=READ_COUNT, block=block_ms))
-                )
-                backoff.reset()
-            except REDIS_FAILURES as exc:
-                await backoff.retry_after(exc, log, "redis unavailable", loop="audio")
-                continue
-            for stream, entries in resp or []:
-                call = self.calls.get(keys.sid_of(stream))
-                if call is None or call.last_id != streams.get(as_text(stream)):
-                    continue  # the call ended or was re-created meanwhile
-                for entry_id, fields in entries:
-                    call.deliver(entry_id, fields)
-            rest = started + ROUND_MIN_S - loop.time()
-            if rest > 0:
-                await asyncio.sleep(rest)
