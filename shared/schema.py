@@ -696,7 +696,7 @@ class WorkerHealth(BaseModel):
     ``calls``: the calls the worker serves now. ``ts``: Unix time of the write, s.
     ``asr_ok``: False while the start-up probe finds the speech engine unreachable (a record
     without it counts as True). Written by the worker's lease loop every ``LEASE_RENEW_S``
-    (:mod:`services.transcriber.worker`), read by ``callscribe transcriber --check``
+    (:mod:`services.transcriber.lease`), read by ``callscribe transcriber --check``
     (:mod:`services.transcriber.health`).
     """
 

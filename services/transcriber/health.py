@@ -1,7 +1,7 @@
 """``python -m services.transcriber --check``: is a worker alive? (its health key is fresh).
 
 The key ``cs:worker:<consumer>`` holds a :class:`shared.schema.WorkerHealth`, written by the
-worker's lease loop (:mod:`services.transcriber.worker`).
+worker's lease loop (:mod:`services.transcriber.lease`).
 """
 
 from __future__ import annotations
