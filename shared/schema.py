@@ -26,7 +26,16 @@ import time
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+)
 from typing_extensions import TypedDict
 
 from shared.errors import ClientMessageError, TwilioMessageError
@@ -676,3 +685,40 @@ class AudioFrame(BaseModel):
         if pcmu is None:
             raise ValueError("audio entry without pcmu or eof")
         return cls(t_ms=int(t), pcmu=bytes(pcmu))
+
+
+# --------------------------------------------------------------------------- Redis strings
+
+
+class WorkerHealth(BaseModel):
+    """A transcriber's health record: the JSON string in ``cs:worker:<consumer>``.
+
+    ``calls``: the calls the worker serves now. ``ts``: Unix time of the write, s.
+    ``asr_ok``: False while the start-up probe finds the speech engine unreachable (a record
+    without it counts as True). Written by the worker's lease loop every ``LEASE_RENEW_S``
+    (:mod:`services.transcriber.lease`), read by ``callscribe transcriber --check``
+    (:mod:`services.transcriber.health`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    calls: int = Field(ge=0)
+    ts: FiniteFloat
+    asr_ok: StrictBool = True
+
+    def to_redis(self) -> str:
+        """The key's value: ``{"calls":…,"ts":…,"asr_ok":…}``."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_redis(cls, raw: bytes | str | None) -> WorkerHealth:
+        """Read the key's value as returned by GET (None when the key does not exist).
+
+        Raises:
+            ValueError: no value, not JSON, or a field missing or of the wrong type (``calls``
+                not an int ≥ 0, ``ts`` not a finite number, ``asr_ok`` not a bool;
+                pydantic's ValidationError).
+        """
+        if raw is None:
+            raise ValueError("no worker health record")
+        return cls.model_validate_json(raw)

@@ -7,6 +7,7 @@ to the code without its line in the doc fails these tests.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import typing
 from collections.abc import Iterable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared import keys, schema
-from shared.schema import AudioFrame, CallMeta, TranscriptEvent
+from shared.schema import AudioFrame, CallMeta, TranscriptEvent, WorkerHealth
 from tests.recordings import ROOT
 
 DOC = ROOT / "docs" / "protocol.md"
@@ -110,10 +111,12 @@ def redis_records() -> list[tuple[str, list[str]]]:
         call_sid="CA1", segment=0, channel=0, speaker="caller", is_final=True,
         start=0.0, end=1.0, text="hi",
     ).to_history()  # fmt: skip
+    health = json.loads(WorkerHealth(calls=0, ts=0.0).to_redis())
     return [
         (f"`{doc_key(keys.meta('<sid>'))}`", list(meta)),
         (f"`{doc_key(keys.audio('<sid>'))}`", sorted({*frame, *eof})),
         (f"`{doc_key(keys.transcript('<sid>'))}`", list(final)),
+        (f"`{keys.worker('<consumer>')}`", list(health)),
     ]
 
 
@@ -190,7 +193,8 @@ def test_every_event_and_client_message_field_is_documented() -> None:
 
 
 def test_redis_fields_of_each_record_are_documented() -> None:
-    """The hash fields of the meta record and the stream fields of audio and history entries."""
+    """The hash fields of the meta record, the stream fields of audio and history entries and
+    the JSON fields of the worker health record."""
     assert missing_fields(DOC.read_text(), redis_records()) == []
 
 

@@ -1,9 +1,12 @@
-"""``python -m services.transcriber --check``: is a worker alive? (its health key is fresh)."""
+"""``python -m services.transcriber --check``: is a worker alive? (its health key is fresh).
+
+The key ``cs:worker:<consumer>`` holds a :class:`shared.schema.WorkerHealth`, written by the
+worker's lease loop (:mod:`services.transcriber.lease`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -11,21 +14,21 @@ import time
 from shared import keys
 from shared.redisconn import connect, is_memory
 from shared.retry import REDIS_FAILURES
+from shared.schema import WorkerHealth
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
 
 
 def is_fresh(raw: bytes | str | None, *, now_s: float, max_age_s: float) -> bool:
-    """True when a health value ``{"calls", "ts", "asr_ok"}`` was written less than ``max_age_s``
-    ago and does not say the speech engine is unreachable (``asr_ok`` false)."""
-    if raw is None:
-        return False
+    """True when a health key's value (:class:`WorkerHealth`, as GET returns it) was written
+    at most ``max_age_s`` (s) before ``now_s`` (Unix s) and does not say the speech engine is
+    unreachable (``asr_ok`` false). False for a missing (None) or unreadable value."""
     try:
-        data = json.loads(raw)
-        return bool(now_s - float(data["ts"]) <= max_age_s) and data.get("asr_ok", True) is True
-    except (ValueError, TypeError, KeyError):
+        health = WorkerHealth.from_redis(raw)
+    except ValueError:
         return False
+    return now_s - health.ts <= max_age_s and health.asr_ok
 
 
 async def check(

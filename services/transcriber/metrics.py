@@ -51,7 +51,12 @@ LATENCY_BUCKETS_S = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30
 """Histogram buckets of the transcript latency, s: fine below a second (Deepgram), coarse above
 (Whisper, queued calls)."""
 
-REDIS_LOGGERS = ("services.transcriber.worker", "services.transcriber.call")
+REDIS_LOGGERS = (
+    "services.transcriber.worker",
+    "services.transcriber.audio_reader",
+    "services.transcriber.lease",
+    "services.transcriber.call",
+)
 """Modules whose retried failures (:data:`shared.retry.FAILURES`) are Redis errors."""
 
 
@@ -127,10 +132,10 @@ class TranscriberMetrics:
 def health(worker: Worker) -> tuple[bool, dict[str, object]]:
     """Whether the worker is healthy (its health key written within three lease periods, and
     its last lease round reached Redis), and the ``/healthz`` body."""
-    at = worker.heartbeat_at
+    at = worker.lease.heartbeat_at
     max_age_s = max(1.0, 3 * worker.settings.lease_renew_s)
     fresh = at is not None and time.monotonic() - at <= max_age_s
-    ok = fresh and worker.redis_ok
+    ok = fresh and worker.lease.redis_ok
     return ok, {
         "status": "ok" if ok else "redis_unavailable" if fresh else "stale",
         "consumer": worker.consumer,

@@ -1,6 +1,6 @@
 """A Redis that lost a live call's keys (restarted without persistence): the owner rebuilds them.
 
-Found by the lease loop (``services.transcriber.worker``, every ``LEASE_RENEW_S``): a job of
+Found by the lease loop (``services.transcriber.lease``, every ``LEASE_RENEW_S``): a job of
 ours that is no longer pending under our name is either *taken* (its entry still exists: another
 worker claimed it, and we stop serving the call) or *vanished* (the entry is gone: only an empty
 Redis does that, since a job is deleted only by the end transaction of its own owner). A call

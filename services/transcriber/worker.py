@@ -1,51 +1,46 @@
-"""The transcriber worker: claims calls from the ``cs:{p}:jobs`` streams, reads their audio.
+"""The transcriber worker: claims calls from the ``cs:{p}:jobs`` streams and keeps their registry.
 
 Loops under one TaskGroup, plus one task per owned call. A *group* is the set of partitions one
 multi-key command can serve (:func:`shared.cluster.partition_groups`): all twelve on a single
 Redis, one on a cluster. Per group:
 
-* *claim*: once a lease period, XAUTOCLAIM jobs idle longer than ``claim_idle_ms`` (a dead
-  worker's calls, https://redis.io/docs/latest/commands/xautoclaim/); then XREADGROUP ``>`` over
-  the group's job streams for this loop's share of the free capacity (``max_calls``), BLOCK
+* *claim* (here): once a lease period, XAUTOCLAIM jobs idle longer than ``claim_idle_ms`` (a
+  dead worker's calls, https://redis.io/docs/latest/commands/xautoclaim/); then XREADGROUP ``>``
+  over the group's job streams for this loop's share of the free capacity (``max_calls``), BLOCK
   ``job_block_ms`` (at most a lease period): an idle worker waits in Redis and is woken by the
   first new job, it does not poll. A worker with fewer free slots than groups blocks only
   ``read_block_ms`` so that every partition is read in turn
   (https://redis.io/docs/latest/commands/xreadgroup/).
-* *audio*: one XREAD BLOCK over the audio streams of every owned call in the group's
-  partitions, from each call's last ID; a call whose queue is full is left out of the round
-  until it drains, so backpressure stays in Redis.
+* *audio* (:class:`services.transcriber.audio_reader.AudioReader`): one XREAD BLOCK over the
+  audio streams of every owned call in the group's partitions, from each call's last ID; a call
+  whose queue is full is left out of the round until it drains, so backpressure stays in Redis.
 
-And once per worker, *lease*: every ``lease_renew_s``, XCLAIM (min idle half a period, JUSTID)
-the jobs still pending under our name, so live calls never look idle (a job that another worker
-took is abandoned here); refresh the health key
-``cs:worker:<consumer>`` (``{"calls", "ts", "asr_ok"}``, TTL 3 leases).
+And once per worker, *lease* (:class:`services.transcriber.lease.Lease`): every
+``lease_renew_s``, XCLAIM (min idle half a period, JUSTID) the jobs still pending under our
+name, so live calls never look idle (a job that another worker took is abandoned here); refresh
+the health key ``cs:worker:<consumer>`` (:class:`shared.schema.WorkerHealth`, TTL 3 leases).
 
-Redis failures never end the worker: each loop backs off with jitter and resumes.
-
-Over 300 lines, not split further yet: the worker's loops share its call registry and its
-capacity reservations; the job-stream writes (hand-over, give-back, lease renewal) are in
-:mod:`services.transcriber.jobs`.
+Redis failures never end the worker: each loop backs off with jitter and resumes. The job-stream
+writes (hand-over, give-back, lease renewal) are in :mod:`services.transcriber.jobs`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
-from redis.typing import KeyT, StreamIdT
 
+from services.transcriber.audio_reader import AudioReader
 from services.transcriber.call import CallPipeline
 from services.transcriber.engine import AsrEngine
-from services.transcriber.jobs import ensure_groups, give_back, hand_over, renew
+from services.transcriber.jobs import ensure_groups, give_back, hand_over
+from services.transcriber.lease import Lease
 from services.transcriber.live import LivePublisher
 from services.transcriber.metrics import TranscriberMetrics
 from services.transcriber.queueing import Saturation
-from services.transcriber.recovery import audit, restore
 from shared import keys
 from shared.cluster import partition_groups, ready
 from shared.redisconn import as_text, stream_id_tuple
@@ -54,22 +49,6 @@ from shared.retry import REDIS_FAILURES, Backoff, cmd
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)
-
-READ_COUNT = 10
-"""Audio entries one XREAD round takes per call at most (1 s of 100 ms frames)."""
-
-ROUND_MIN_S = 0.02
-"""Shortest time between the starts of two audio XREAD rounds, s. Without it a worker serving
-many calls reads as soon as any one frame lands, one round trip per frame (1,000 a second at 100
-calls, a sixth of the worker's CPU under benchmarks/load.py); with it one round serves every
-call's frames of the last 20 ms, at the cost of at most 20 ms of latency."""
-
-
-def health_ttl_ms(settings: TranscriberSettings) -> int:
-    """TTL of the health key: three lease periods, at least one second."""
-    return max(1000, int(settings.lease_renew_s * 3000))
-
-
 
 
 class Worker:
@@ -95,9 +74,8 @@ class Worker:
         self._cursors: dict[str, str] = {}  # XAUTOCLAIM position per job stream
         self._tg: asyncio.TaskGroup | None = None
         self.served = 0
-        self.heartbeat_at: float | None = None  # monotonic time of the last health key write
-        self.redis_ok = True  # False from a failed lease round until the next one succeeds
         self.health: dict[str, bool] = {"asr_ok": True}  # the start-up probe's verdict (probe.py)
+        self.lease = Lease(redis, settings, self.calls, self._tasks, self.health)
         self.saturation = Saturation(self.consumer, settings.max_calls)
         self.metrics = TranscriberMetrics(self)
 
@@ -117,10 +95,12 @@ class Worker:
             await ready(self.redis)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                loops = [tg.create_task(self._lease_loop(), name="lease")]
+                loops = [tg.create_task(self.lease.run(), name="lease")]
                 for tags in self._groups:
                     loops.append(tg.create_task(self._claim_loop(tags), name="claim"))
-                    loops.append(tg.create_task(self._audio_loop(tags), name="audio"))
+                    wake, block_ms = self._wake[tags[0]], self.settings.read_block_ms
+                    reader = AudioReader(self.redis, self.calls, tags, wake, block_ms)
+                    loops.append(tg.create_task(reader.run(), name="audio"))
                 live = tg.create_task(self.live.run(), name="live")
                 await stop.wait()
                 serving = list(self.calls.values())
@@ -134,9 +114,7 @@ class Worker:
             unfinished = [c for c in serving if not c.ended]
             handed_over = len(unfinished)
             await hand_over(self.redis, self.consumer, unfinished, self.settings.claim_idle_ms)
-            with contextlib.suppress(*REDIS_FAILURES):
-                async with asyncio.timeout(1.0):
-                    await cmd(self.redis.delete(keys.worker(self.consumer)))
+            await self.lease.drop_health()
             log.info(
                 "worker stopped",
                 extra={
@@ -313,91 +291,3 @@ class Worker:
                 del self.calls[call.sid]
                 self._tasks.pop(call.sid, None)
             self._capacity.set()
-
-    # ------------------------------------------------------------------ lease and health
-
-    async def _lease_loop(self) -> None:
-        backoff = Backoff()
-        while True:
-            try:
-                await self._renew()
-                await cmd(
-                    self.redis.set(
-                        keys.worker(self.consumer),
-                        json.dumps(
-                            {"calls": len(self.calls), "ts": round(time.time(), 3), **self.health}
-                        ),
-                        px=health_ttl_ms(self.settings),
-                    )
-                )
-                self.heartbeat_at = time.monotonic()
-                self.redis_ok = True
-                backoff.reset()
-                await asyncio.sleep(self.settings.lease_renew_s)
-            except REDIS_FAILURES as exc:
-                self.redis_ok = False
-                await backoff.retry_after(exc, log, "redis unavailable", loop="lease")
-
-    async def _renew(self) -> None:
-        """Re-claim our pending jobs; abandon the calls whose job another worker took, and
-        rebuild those whose keys Redis lost (:mod:`services.transcriber.recovery`)."""
-        owned = {c.job_id: c for c in self.calls.values() if not c.ended}
-        if not owned:
-            return
-        mine = await renew(
-            self.redis,
-            self.consumer,
-            owned.values(),
-            self.settings.lease_renew_s,
-            self.settings.max_calls,
-        )
-        taken, vanished = await audit(self.redis, owned, mine)
-        for call in taken:
-            log.warning(
-                "call lost to another worker", extra={"call_sid": call.sid, "job": call.job_id}
-            )
-            task = self._tasks.get(call.sid)
-            if task is not None:
-                task.cancel()
-        for call in vanished:  # Redis lost them (restarted without persistence): rebuild
-            await restore(self.redis, call, self.consumer)
-
-    # ------------------------------------------------------------------ audio
-
-    async def _audio_loop(self, tags: list[str]) -> None:
-        """One XREAD per round over the audio of every owned call in the partitions ``tags``."""
-        backoff = Backoff()
-        block_ms = self.settings.read_block_ms
-        loop = asyncio.get_running_loop()
-        mine = set(tags)
-        wake = self._wake[tags[0]]
-        while True:
-            streams: dict[KeyT, StreamIdT] = {
-                keys.audio(sid): c.last_id
-                for sid, c in self.calls.items()
-                if keys.tag_of(sid) in mine and c.wants_audio(READ_COUNT)
-            }
-            if not streams:
-                wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(block_ms / 1000):
-                        await wake.wait()
-                continue
-            started = loop.time()
-            try:
-                resp = batches(
-                    await cmd(self.redis.xread(streams, count=READ_COUNT, block=block_ms))
-                )
-                backoff.reset()
-            except REDIS_FAILURES as exc:
-                await backoff.retry_after(exc, log, "redis unavailable", loop="audio")
-                continue
-            for stream, entries in resp or []:
-                call = self.calls.get(keys.sid_of(stream))
-                if call is None or call.last_id != streams.get(as_text(stream)):
-                    continue  # the call ended or was re-created meanwhile
-                for entry_id, fields in entries:
-                    call.deliver(entry_id, fields)
-            rest = started + ROUND_MIN_S - loop.time()
-            if rest > 0:
-                await asyncio.sleep(rest)
