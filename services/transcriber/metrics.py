@@ -56,6 +56,7 @@ REDIS_LOGGERS = (
     "services.transcriber.audio_reader",
     "services.transcriber.lease",
     "services.transcriber.call",
+    "services.transcriber.call_store",
 )
 """Modules whose retried failures (:data:`shared.retry.FAILURES`) are Redis errors."""
 
