@@ -34,6 +34,8 @@ DEFAULT_INGEST_PORT = 5000
 DEFAULT_GATEWAY_PORT = 8080
 SHUTDOWN_GRACE_S = 15.0
 """How long the services may take to stop once ``stop`` is set before they are cancelled."""
+REDIS_CHECK_S = 5.0
+"""How long the demo waits for a ``REDIS_URL`` Redis to answer its first PING before it gives up, s."""
 
 
 @dataclass
@@ -117,6 +119,7 @@ class Demo:
             IngestSettings,
             TranscriberSettings,
         )
+        from shared.startup import redact_url, redis_unreachable
 
         audio = Path(self.options.audio) if self.options.audio else bundled_recording()
         tracks = load_tracks([audio])
@@ -136,10 +139,19 @@ class Demo:
         for name in ("services.ingest.admission", "services.ingest.twiml", "services.gateway.auth"):
             logging.getLogger(name).setLevel(logging.ERROR)
         transcriber = TranscriberSettings(asr_engine=AsrEngineName.WHISPER)
+        redis_url = redact_url(ingest.redis_url)
         self.say(
-            f"callscribe demo: Redis {_redacted(ingest.redis_url)}, embedded Whisper engine, "
+            f"callscribe demo: Redis {redis_url}, embedded Whisper engine, "
             "no authentication (local only)"
         )
+        reason = await redis_unreachable(ingest.redis_url, REDIS_CHECK_S)
+        if reason is not None:  # fail now, naming Redis, rather than time out on the gateway
+            print(
+                f"callscribe demo: Redis at {redis_url} does not answer ({reason}); start it, "
+                "or unset REDIS_URL to run on an in-process memory://",
+                file=sys.stderr,
+            )
+            return 1
         t0 = time.monotonic()
         engine = await self.load_engine(transcriber)
         if self.stop.is_set():  # Ctrl-C while the model loaded: start nothing
@@ -227,14 +239,6 @@ class Demo:
             if self.stop.is_set() and self.status == 0:
                 self.status = 130
             self.stop.set()
-
-
-def _redacted(url: str) -> str:
-    """``redis://:secret@h:6379/0`` → ``redis://***@h:6379/0``: never print a password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
 
 
 async def run_demo(

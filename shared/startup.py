@@ -109,6 +109,23 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
+async def redis_unreachable(url: str, timeout_s: float = REDIS_PROBE_S) -> str | None:
+    """Ping ``url`` once: None when it answers within ``timeout_s`` (s), else the reason (the
+    error's class and message, at most 200 characters). ``memory://`` is in-process: None.
+    Never raises but CancelledError."""
+    if is_memory(url):
+        return None
+    redis = connect(url, socket_timeout_s=timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await redis.ping()
+        return None
+    except REDIS_FAILURES as exc:  # TimeoutError is an OSError
+        return f"{exc.__class__.__name__}: {exc}"[:200]
+    finally:
+        await redis.aclose()
+
+
 async def watch_redis(url: str, *, service: str, remind_s: float = REDIS_REMIND_S) -> bool:
     """Ping ``url`` until it answers; warn once (then every ``remind_s``) while it does not.
 

@@ -202,3 +202,30 @@ async def test_a_call_that_never_ends_fails_the_demo_in_bounded_time(
     )
     assert status == 1, out.getvalue()
     assert "the call did not end within 1 s" in out.getvalue()
+
+
+async def test_a_dead_redis_fails_the_demo_at_once_naming_redis(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """REDIS_URL names a port nobody listens on: exit 1 with one line naming Redis (password
+    masked), before the model loads or a service starts; the gateway is not blamed."""
+    from tests.redis_server import free_port
+
+    monkeypatch.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    loaded: list[object] = []
+
+    async def loading(settings: object) -> _FakeEngine:
+        loaded.append(settings)
+        return _FakeEngine()
+
+    out = io.StringIO()
+    options = demo.DemoOptions(ingest_port=0, gateway_port=0)
+    status = await asyncio.wait_for(
+        demo.run_demo(options, asyncio.Event(), out, load_engine=loading), IN_PROCESS_S
+    )
+    err = capsys.readouterr().err
+    assert status == 1
+    assert loaded == [] and "ingest" not in out.getvalue()
+    [line] = err.strip().splitlines()
+    assert line.startswith("callscribe demo: Redis at redis://:***@127.0.0.1:")
+    assert "does not answer" in line and "gateway" not in line and "hunter2" not in line
