@@ -148,9 +148,17 @@ async def _summaries(
 
 
 async def search(
-    r: aioredis.Redis, q: Query, *, retention_s: float, timeout_s: float
+    r: aioredis.Redis,
+    q: Query,
+    *,
+    retention_s: float,
+    timeout_s: float,
+    visible: Callable[[CallSummary], bool] | None = None,
 ) -> HistoryPage:
-    """One page of calls matching ``q``, newest first. Raises RedisUnavailable."""
+    """One page of calls matching ``q`` that ``visible`` lets through (a token's scope; all when
+    None), newest first: the scope is applied before the page is cut, so a page is short only
+    when nothing more matches (or ``SCAN_MAX`` candidates were looked at). Raises
+    RedisUnavailable."""
     now_s = time.time()
     rows = await _candidates(r, q, retention_s, timeout_s, now_s)
     calls: list[CallSummary] = []
@@ -161,7 +169,7 @@ async def search(
         for row, summary in zip(batch, await _summaries(r, batch, timeout_s, now_s), strict=True):
             looked += 1
             last = row
-            if summary is not None and _keep(summary, q):
+            if summary is not None and _keep(summary, q) and (visible is None or visible(summary)):
                 calls.append(summary)
                 if len(calls) == q.limit:
                     rows = batch[batch.index(row) + 1 :] + rows

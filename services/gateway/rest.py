@@ -127,10 +127,10 @@ async def _history(request: web.Request) -> web.Response:
             query,
             retention_s=gw.settings.retention_s,
             timeout_s=gw.hub.redis_timeout_s,
+            visible=grant.sees,  # the token's scope
         )
     except RedisUnavailable:
         return _unavailable()
-    page.calls = [c for c in page.calls if grant.sees(c)]  # the token's scope
     return _json(page.model_dump(mode="json", by_alias=True))
 
 

@@ -203,3 +203,40 @@ async def test_cli_calls_and_transcript(gateway, redis: aioredis.Redis) -> None:
         assert status == 0 and out.startswith("1\n00:00:00,000 --> 00:00:02,000\ncallee: Good")
         status, _, err = await run("transcript", "CAnone", "--gateway", gw)
         assert status == 1 and err.startswith("callscribe transcript: ") and "no such call" in err
+
+
+async def test_history_follows_the_token_scope_before_paging(
+    gateway, redis: aioredis.Redis
+) -> None:
+    """A token for one number pages through its own calls only: the newer calls of other
+    numbers do not eat its page (a page of one is its newest call, then the next), over REST and
+    /v1/ws; without ``history`` ended calls are hidden and searching is refused (403)."""
+    from services.gateway.auth import Scope, mint
+
+    secret = "history-secret-0123456789abcdef0123"
+    mine = "+14155550199"
+    await write_call(redis, "CAmine1", T0, [(0, 0.0, "first")], number=mine)
+    await write_call(redis, "CAmine2", T0 + 60, [(0, 0.0, "second")], number=mine)
+    for i in range(5):  # newer calls of another number
+        await write_call(redis, f"CAother{i}", T0 + 120 + i, [(0, 0.0, "other")])
+    scoped = mint(secret, scope=Scope.NUMBERS, numbers=[mine], history=True)
+    live_only = mint(secret, scope=Scope.NUMBERS, numbers=[mine])
+    async with gateway(gateway_auth="jwt", jwt_secret=secret) as port:
+        base = f"http://127.0.0.1:{port}"
+        auth = {"Authorization": f"Bearer {scoped}"}
+        async with httpx.AsyncClient(base_url=base, headers=auth, timeout=WAIT_S) as client:
+            first = await get(client, "/v1/calls", limit=1)
+            assert [c["call_sid"] for c in first["calls"]] == ["CAmine2"]
+            second = await get(client, "/v1/calls", limit=1, cursor=first["next_cursor"])
+            assert [c["call_sid"] for c in second["calls"]] == ["CAmine1"]
+            found = await get(client, "/v1/calls", q="other")
+            assert found["calls"] == []
+        async with connect(f"ws://127.0.0.1:{port}/v1/ws?token={scoped}") as ws:
+            await ws.send(json.dumps({"type": "history", "limit": 1}))
+            page = await recv_json(ws)
+            assert [c["call_sid"] for c in page["calls"]] == ["CAmine2"]
+        auth = {"Authorization": f"Bearer {live_only}"}
+        async with httpx.AsyncClient(base_url=base, headers=auth, timeout=WAIT_S) as client:
+            assert (await get(client, "/v1/calls", status="ended"))["calls"] == []
+            refused = await client.get("/v1/calls", params={"q": "first"})
+            assert refused.status_code == 403
