@@ -15,6 +15,7 @@ from callscribe.twilio_client import SimCall, fetch_stream_parameters, sign, twi
 from shared import keys
 from shared.schema import CallMeta
 from tests.ingest.conftest import WAIT_S, read_audio
+from tests.metrics_util import scrape
 from tests.partitions import active_count, job_count
 from tests.security.conftest import (
     PUBLIC_URL,
@@ -103,6 +104,35 @@ async def test_a_token_works_once_and_a_replayed_stream_is_refused(
         assert "StreamToken" not in meta.custom_parameters  # never shown to watchers
         assert await _stream(port, msgs, WS_SIGNATURE) == 1008
         assert await job_count(redis) == 1
+
+
+async def test_refused_starts_are_counted_in_metrics(secure_ingest, redis: aioredis.Redis) -> None:
+    """Each refused start adds one to ``callscribe_ingest_streams_refused_total`` on ingest's
+    /metrics (no token, a made-up one, a replayed one); an admitted call does not."""
+    refused = "callscribe_ingest_streams_refused_total"
+    async with secure_ingest() as port:
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        assert (await scrape(metrics))[refused] == 0
+        for params in ({}, {"StreamToken": "made-up"}):
+            fake = _call(custom_parameters=params)
+            assert await _stream(port, [t for _, t in twilio_messages(fake)], WS_SIGNATURE) == 1008
+        assert (await scrape(metrics))[refused] == 2
+        call = _call()
+        call.custom_parameters.update(
+            await fetch_stream_parameters(
+                f"http://127.0.0.1:{port}/twiml",
+                call,
+                auth_token=TWILIO_TOKEN,
+                signature_url=f"{PUBLIC_URL}/twiml",
+            )
+        )
+        msgs = [t for _, t in twilio_messages(call)]
+        assert await _stream(port, msgs, WS_SIGNATURE) is None  # admitted
+        assert (await read_audio(redis, call.call_sid))[-1].eof
+        samples = await scrape(metrics)
+        assert (samples[refused], samples["callscribe_ingest_calls_started_total"]) == (2, 1)
+        assert await _stream(port, msgs, WS_SIGNATURE) == 1008  # the replay
+        assert (await scrape(metrics))[refused] == 3
 
 
 async def test_a_second_stream_cannot_take_a_live_call_over(ingest, redis: aioredis.Redis) -> None:
