@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         GatewaySettings,
         DESCRIPTION,
         argv,
-        refuse=Authenticator,  # refuses to start without a key: one line, exit 2
+        # refuses to start without a key: one line, exit 2 (run() warns when open)
+        refuse=lambda settings: Authenticator(settings, warn=False),
         run=lambda settings, stop: run(settings, stop=stop),
     )
 

@@ -173,11 +173,15 @@ Verifier = Callable[[str], Awaitable[Grant]]
 class Authenticator:
     """Turns a presented token into a :class:`Grant`; built once per gateway.
 
+    With ``warn`` (the default) the constructor logs one warning when ``GATEWAY_AUTH=none``;
+    a caller that only checks the settings before the gateway builds its own (the start-up
+    refusal in ``services.gateway.__main__``) passes ``warn=False``, so a start logs it once.
+
     Raises (from the constructor):
         ConfigError: ``GATEWAY_AUTH=jwt`` (the default) without ``JWT_SECRET`` or ``JWKS_URL``.
     """
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, *, warn: bool = True) -> None:
         self.enabled = settings.gateway_auth == "jwt"
         self._audience = settings.jwt_audience
         self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
@@ -195,7 +199,7 @@ class Authenticator:
             raise ConfigError(
                 "JWT_SECRET must be at least 32 bytes (RFC 7518 §3.2), e.g. openssl rand -hex 32"
             )
-        if not self.enabled:
+        if not self.enabled and warn:
             log.warning("GATEWAY_AUTH=none: every client sees every call, unauthenticated")
 
     async def grant(self, token: str | None) -> Grant:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 
 import httpx
@@ -16,10 +14,16 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from callscribe.twilio_client import SimCall, fetch_stream_parameters, sign, twilio_messages
 from shared import keys
 from shared.schema import CallMeta
-from tests.conftest import ROOT
 from tests.ingest.conftest import WAIT_S, read_audio
+from tests.metrics_util import scrape
 from tests.partitions import active_count, job_count
-from tests.security.conftest import PUBLIC_URL, TWILIO_TOKEN
+from tests.security.conftest import (
+    PUBLIC_URL,
+    TWILIO_TOKEN,
+    run_to_exit,
+    service_env,
+    service_process,
+)
 
 WS_SIGNATURE = {"X-Twilio-Signature": sign("ws://ingest.test/twilio", {}, TWILIO_TOKEN)}
 """The handshake signature Twilio sends: it never changes, so an attacker may have it."""
@@ -102,6 +106,35 @@ async def test_a_token_works_once_and_a_replayed_stream_is_refused(
         assert await job_count(redis) == 1
 
 
+async def test_refused_starts_are_counted_in_metrics(secure_ingest, redis: aioredis.Redis) -> None:
+    """Each refused start adds one to ``callscribe_ingest_streams_refused_total`` on ingest's
+    /metrics (no token, a made-up one, a replayed one); an admitted call does not."""
+    refused = "callscribe_ingest_streams_refused_total"
+    async with secure_ingest() as port:
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        assert (await scrape(metrics))[refused] == 0
+        for params in ({}, {"StreamToken": "made-up"}):
+            fake = _call(custom_parameters=params)
+            assert await _stream(port, [t for _, t in twilio_messages(fake)], WS_SIGNATURE) == 1008
+        assert (await scrape(metrics))[refused] == 2
+        call = _call()
+        call.custom_parameters.update(
+            await fetch_stream_parameters(
+                f"http://127.0.0.1:{port}/twiml",
+                call,
+                auth_token=TWILIO_TOKEN,
+                signature_url=f"{PUBLIC_URL}/twiml",
+            )
+        )
+        msgs = [t for _, t in twilio_messages(call)]
+        assert await _stream(port, msgs, WS_SIGNATURE) is None  # admitted
+        assert (await read_audio(redis, call.call_sid))[-1].eof
+        samples = await scrape(metrics)
+        assert (samples[refused], samples["callscribe_ingest_calls_started_total"]) == (2, 1)
+        assert await _stream(port, msgs, WS_SIGNATURE) == 1008  # the replay
+        assert (await scrape(metrics))[refused] == 3
+
+
 async def test_a_second_stream_cannot_take_a_live_call_over(ingest, redis: aioredis.Redis) -> None:
     """Even without stream tokens (TWILIO_INSECURE), a second start with a live call's callSid
     is refused 1008: the call's meta is not overwritten, it is not ended, and its audio stays
@@ -156,21 +189,28 @@ async def test_forwarded_host_cannot_redirect_the_signature_check(ingest) -> Non
     assert reply.status_code == 403
 
 
-def test_ingest_refuses_to_start_unprotected() -> None:
+async def test_ingest_refuses_to_start_unprotected(redis_url: str) -> None:
     """Without TWILIO_AUTH_TOKEN and PUBLIC_URL (and no TWILIO_INSECURE) ingest exits 2 with
-    one line naming them. (Before: it accepted everything, one warning at the first request.)"""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("TWILIO_AUTH_TOKEN", "PUBLIC_URL", "TWILIO_INSECURE")
-    }
-    out = subprocess.run(
-        [sys.executable, "-m", "services.ingest", "--port", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "TWILIO_AUTH_TOKEN and PUBLIC_URL" in lines[0], out.stderr
+    one line naming them. (Before: it accepted everything, one warning at the first request.)
+    TWILIO_INSECURE is logged as one warning line at start; a protected ingest logs none."""
+    refused = await run_to_exit([sys.executable, "-m", "services.ingest", "--port", "0"])
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TWILIO_AUTH_TOKEN and PUBLIC_URL" in lines[0], refused.stderr
+    async with service_process(
+        "ingest", service_env(REDIS_URL=redis_url, TWILIO_INSECURE="1")
+    ) as open_ingest:
+        pass
+    warnings = open_ingest.warnings()
+    assert len(warnings) == 1, open_ingest.log
+    assert (
+        'msg="TWILIO_INSECURE: unsigned requests and streams without tokens are accepted"'
+        in warnings[0]
+    )
+    env = service_env(REDIS_URL=redis_url, TWILIO_AUTH_TOKEN=TWILIO_TOKEN, PUBLIC_URL=PUBLIC_URL)
+    async with service_process("ingest", env) as protected:
+        pass
+    assert protected.warnings() == [], protected.log
 
 
 async def test_simulate_works_against_a_secured_ingest(
