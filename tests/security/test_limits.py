@@ -117,6 +117,23 @@ async def test_fields_a_stranger_sets_are_capped(ingest, redis: aioredis.Redis) 
     assert not await redis.exists(keys.meta(base.call_sid))
 
 
+def test_media_dtmf_and_mark_fields_are_capped() -> None:
+    """A media payload longer than 8 KB of mu-law in base64 (Twilio sends 160 bytes per 20 ms
+    packet), a DTMF digit of 9 characters and a mark name of 257 are ``bad_message``; the largest
+    allowed of each parses (the caps are in shared/schema.py)."""
+    media = {"event": "media", "streamSid": "MZ1", "media": {"track": "inbound", "chunk": 1,
+             "timestamp": 20, "payload": "/" * 10_668}}  # fmt: skip
+    dtmf = {"event": "dtmf", "streamSid": "MZ1", "dtmf": {"digit": "1" * 8}}
+    mark = {"event": "mark", "streamSid": "MZ1", "mark": {"name": "m" * 256}}
+    for ok, field, grow in ((media, "media", "payload"), (dtmf, "dtmf", "digit"),
+                            (mark, "mark", "name")):  # fmt: skip
+        parse_twilio(json.dumps(ok))
+        too_long = {**ok, field: {**ok[field], grow: ok[field][grow] + "/"}}
+        with pytest.raises(TwilioMessageError) as err:
+            parse_twilio(json.dumps(too_long))
+        assert err.value.code == "bad_message", field
+
+
 def test_event_that_is_a_list_is_refused_not_a_type_error() -> None:
     """``{"event": [...]}`` is ``unknown_event`` (before: an unhandled TypeError dropped the socket)."""
     for raw in ('{"event": [1, 2]}', '{"event": {"a": 1}}', '{"event": null}'):
