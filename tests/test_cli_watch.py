@@ -293,3 +293,31 @@ async def test_watch_follows_the_new_call_when_the_previous_one_ends(
     last = out.decode().splitlines()[-1]
     assert last.startswith(f"call {SID} ended") and last.endswith("2 finals"), last
     assert OLD_SID + " ended" not in out.decode()
+
+
+@pytest.mark.parametrize(
+    "since",
+    ["garbage", "", "1-", "-1", "0\n", "99999999999999999999999-0", "18446744073709551616-0"],
+)
+async def test_watch_with_a_bad_since_exits_2_with_one_line(
+    gateway_port: int, redis, since: str
+) -> None:
+    """``--since garbage`` (or a stream ID Redis would refuse: a trailing newline, a part over
+    2**64 - 1): exit 2 with one line naming --since, before connecting; no hang, no traceback.
+    The call is live, so a value that slipped through would be sent to the gateway."""
+    await _start_call(redis, CallMeta(call_sid=SID, stream_sid="MZ1", account_sid="AC1"))
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", SID, "--since", since, "--gateway", f"ws://127.0.0.1:{gateway_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2, (out, err)
+    assert out == b""
+    [line] = err.decode().splitlines()
+    assert line.startswith("callscribe watch: --since: not a history ID"), line
+    assert repr(since) in line
