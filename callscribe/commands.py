@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 from collections.abc import Awaitable
 
@@ -85,14 +84,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from callscribe.render import CallRenderer
     from callscribe.watch import watch
     from callscribe.watch_options import WatchOptions, v1_url
-    from shared.schema import STREAM_ID_PATTERN
+    from shared.schema import is_stream_id
 
     try:
         url = v1_url(args.gateway)
     except ValueError as exc:
         print(f"callscribe watch: --gateway: {exc}", file=sys.stderr)
         return 2
-    if args.since is not None and not re.match(STREAM_ID_PATTERN, args.since):
+    if args.since is not None and not is_stream_id(args.since):
         print(
             f"callscribe watch: --since: not a history ID (like 1700000000000-0, or 0): "
             f"{args.since!r}",

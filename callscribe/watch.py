@@ -5,7 +5,9 @@ Protocol (docs/protocol.md, "WebSocket /v1/ws"; models in :mod:`shared.schema`):
 ``call_started``/``call_ended`` pushes; it sends ``{"type": "subscribe", "call_sid", "since"}``
 and gets ``{"type": "subscribed"}``, the call's ``transcript`` events and finally ``end``.
 
-Which call: the ``call_sid`` given; else the only live call; else the next call to start. A call
+Which call: the ``call_sid`` given; else the only live call; else the next call to start, or
+the one left once the others have ended (started while one call finishes and the next has
+begun, it follows the next as soon as the first ends). A call
 followed from its start is subscribed with ``since="0"`` so no final published between
 ``call_started`` and the subscription is missed. If the gateway drops the connection (restart,
 close 1012) the watcher reconnects and resubscribes ``since`` the last final it showed, so the
@@ -227,6 +229,8 @@ class Watcher:
             st.live.pop(message.call.call_sid, None)
             if message.call.call_sid == st.target and st.grace_deadline is None:
                 st.grace_deadline = asyncio.get_running_loop().time() + self.options.end_grace_s
+            elif st.target is None and not st.subscribed and len(st.live) == 1:
+                await self._choose(ws)  # all but one ended: follow the one left (issue 11)
         elif isinstance(message, AudioStopped | AudioResumed) and message.call_sid == st.target:
             at = _clock(message.at_s)
             self.renderer.note(
@@ -276,7 +280,7 @@ class Watcher:
         self.renderer.note(f"{len(st.live)} live calls (pass one as CALL_SID to watch it):")
         for sid, meta in sorted(st.live.items(), key=lambda kv: kv[1].started_at):
             self.renderer.note(f"  {sid}  {meta.channels} channel(s)")
-        self.renderer.note("waiting for the next call to start")
+        self.renderer.note("waiting for the next call to start, or for all but one to end")
 
     async def _subscribe(self, ws: ClientConnection, meta: CallMeta, *, since: str | None) -> None:
         st = self._state

@@ -571,6 +571,24 @@ class ListRequest(_ClientMessage):
 
 STREAM_ID_PATTERN = r"^(\$|0|\d+-\d+)$"
 
+_STREAM_ID_RE = re.compile(r"\$|0|[0-9]+-[0-9]+")
+_STREAM_ID_PART_MAX = 2**64 - 1
+
+
+def is_stream_id(text: str) -> bool:
+    """Whether ``text`` is a ``since`` Redis takes: ``$``, ``0`` or ``<ms>-<seq>`` in ASCII
+    digits, the whole string (no trailing newline), each part at most 2**64 - 1 (Redis refuses
+    a larger one, which the gateway would otherwise retry as an outage)."""
+    if not _STREAM_ID_RE.fullmatch(text):
+        return False
+    return text in ("$", "0") or all(int(p) <= _STREAM_ID_PART_MAX for p in text.split("-"))
+
+
+def _stream_id_or_none(text: str | None) -> str | None:
+    if text is not None and not is_stream_id(text):
+        raise ValueError("not a stream ID (like 1700000000000-0, 0 or $)")
+    return text
+
 
 class SubscribeRequest(_ClientMessage):
     """``{"type": "subscribe", "call_sid": "CA…", "since": "0"}``.
@@ -582,7 +600,9 @@ class SubscribeRequest(_ClientMessage):
 
     type: Literal["subscribe"]
     call_sid: str = Field(min_length=1, max_length=64)
-    since: str | None = Field(default=None, pattern=STREAM_ID_PATTERN)
+    since: Annotated[str | None, AfterValidator(_stream_id_or_none)] = Field(
+        default=None, pattern=STREAM_ID_PATTERN
+    )
 
 
 class UnsubscribeRequest(_ClientMessage):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -118,26 +119,44 @@ async def test_unreachable_deepgram_warns_once_and_fails_the_check(redis_url: st
     assert b"unhealthy" in check_err
 
 
-async def test_unreachable_redis_is_one_warning_naming_the_url_masked() -> None:
+@pytest.mark.parametrize(
+    ("service", "listen"),
+    [
+        pytest.param("gateway", {"GATEWAY_PORT": "0", "GATEWAY_HOST": "127.0.0.1"}, id="gateway"),
+        pytest.param("ingest", {"INGEST_PORT": "0", "INGEST_HOST": "127.0.0.1"}, id="ingest"),
+        # the default engine, whisper, loads its model with the first call: none comes
+        pytest.param("transcriber", {"METRICS_PORT": "0"}, id="transcriber"),
+    ],
+)
+async def test_unreachable_redis_is_one_warning_naming_the_url_masked(
+    service: str, listen: dict[str, str]
+) -> None:
     """A dead Redis at start: one REDIS UNREACHABLE line with the URL, password masked; no flood."""
-    env = _env(REDIS_URL=f"redis://:hunter2@127.0.0.1:{free_port()}/0", PORT="0", HOST="127.0.0.1")
+    env = _env(REDIS_URL=f"redis://:hunter2@127.0.0.1:{free_port()}/0", **listen)
     proc = await asyncio.create_subprocess_exec(
-        CALLSCRIBE, "gateway", env=env, stderr=asyncio.subprocess.PIPE
+        CALLSCRIBE, service, env=env, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
-    first = (await asyncio.wait_for(proc.stderr.readline(), WAIT_S)).decode()
-    while "REDIS UNREACHABLE" not in first:
-        line = await asyncio.wait_for(proc.stderr.readline(), WAIT_S)
-        assert line, f"the gateway exited without the warning: {first}"
-        first = line.decode()
-    await asyncio.sleep(3.0)  # what an outage of a few seconds prints: nothing more than one line
-    proc.send_signal(signal.SIGTERM)
-    _, rest = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    try:
+        first = (await asyncio.wait_for(proc.stderr.readline(), WAIT_S)).decode()
+        while "REDIS UNREACHABLE" not in first:
+            line = await asyncio.wait_for(proc.stderr.readline(), WAIT_S)
+            assert line, f"the {service} exited without the warning: {first}"
+            first = line.decode()
+        # what an outage of a few seconds prints (the probe retries every 2 s): one line
+        await asyncio.sleep(3.0)
+        proc.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     text = first + rest.decode()
-    assert "redis_url=redis://:***@127.0.0.1:" in first
+    assert f"service={service} redis_url=redis://:***@127.0.0.1:" in first
     assert "hunter2" not in text
     assert text.count("REDIS UNREACHABLE") == 1
     assert sum("level=warning" in line for line in text.splitlines()) <= 3, text
+    assert proc.returncode == 0, text  # it kept running, and stopped cleanly on SIGTERM
 
 
 def test_a_busy_port_is_one_line_and_exit_1(redis_url: str) -> None:
@@ -181,6 +200,62 @@ async def test_check_reflects_whether_the_gateway_can_serve(redis_url: str) -> N
     done = await asyncio.to_thread(_run, "gateway", "--check", "--port", str(port), **env)
     assert done.returncode == 1
     _one_line(done, "callscribe gateway: unhealthy: ")
+
+
+LISTENING = re.compile(r"msg=listening service=\w+ host=\S+ port=(\d+)")
+
+
+async def _serving(service: str, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, int]:
+    """Start ``callscribe <service> --port 0``; return it and its port once it logs ``listening``."""
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, service, "--host", "127.0.0.1", "--port", "0",
+        env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        line = ""
+        while (listening := LISTENING.search(line)) is None:
+            raw = await asyncio.wait_for(proc.stderr.readline(), WAIT_S)
+            assert raw, f"{service} exited before listening"
+            line = raw.decode()
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, int(listening.group(1))
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), WAIT_S)
+
+
+async def test_check_reflects_whether_ingest_can_serve(redis_url: str) -> None:
+    """`ingest --check`: 0 against a running ingest whose Redis answers; 1 with one line when
+    its Redis does not (/healthz 503), and when none listens."""
+    up, down = _env(REDIS_URL=redis_url), _env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+
+    def check(port: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return _run("ingest", "--check", "--port", str(port), **env)
+
+    healthy, healthy_port = await _serving("ingest", up)
+    try:
+        blind, blind_port = await _serving("ingest", down)
+        try:
+            done = await asyncio.to_thread(check, healthy_port, up)
+            assert (done.returncode, done.stderr) == (0, "")
+            done = await asyncio.to_thread(check, blind_port, down)
+            assert done.returncode == 1
+            assert "HTTP 503" in _one_line(done, "callscribe ingest: unhealthy: ")
+        finally:
+            await _stop(blind)
+    finally:
+        await _stop(healthy)
+    assert healthy.returncode == 0 and blind.returncode == 0
+    done = await asyncio.to_thread(check, healthy_port, up)
+    assert done.returncode == 1
+    _one_line(done, f"callscribe ingest: unhealthy: http://127.0.0.1:{healthy_port}/healthz: ")
 
 
 def test_help_version_and_prog_names() -> None:

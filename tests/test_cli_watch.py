@@ -17,6 +17,7 @@ from shared.settings import GatewaySettings
 CALLSCRIBE = str(Path(sys.executable).with_name("callscribe"))
 WAIT_S = 20.0
 SID = "CA" + "5" * 32
+OLD_SID = "CA" + "4" * 32
 
 
 @pytest.fixture
@@ -62,16 +63,18 @@ async def _readline(stream: asyncio.StreamReader) -> str:
 
 
 async def _start_call(redis, meta: CallMeta) -> None:
-    await redis.hset(keys.meta(SID), mapping=meta.to_redis())
-    await redis.sadd(keys.active(keys.tag_of(SID)), SID)
+    sid = meta.call_sid
+    await redis.hset(keys.meta(sid), mapping=meta.to_redis())
+    await redis.sadd(keys.active(keys.tag_of(sid)), sid)
     await redis.publish(keys.CALL_EVENTS, CallStarted(call=meta).to_json())
 
 
 async def _end_call(redis, meta: CallMeta) -> None:
+    sid = meta.call_sid
     meta.status, meta.ended_at = CallStatus.ENDED, meta.started_at + 5
-    await redis.hset(keys.meta(SID), mapping=meta.to_redis())
-    await redis.srem(keys.active(keys.tag_of(SID)), SID)
-    await redis.publish(keys.live(SID), EndEvent(call_sid=SID).to_json())
+    await redis.hset(keys.meta(sid), mapping=meta.to_redis())
+    await redis.srem(keys.active(keys.tag_of(sid)), sid)
+    await redis.publish(keys.live(sid), EndEvent(call_sid=sid).to_json())
     await redis.publish(keys.CALL_EVENTS, CallEnded(call=meta).to_json())
 
 
@@ -252,3 +255,69 @@ async def test_watch_says_when_the_audio_stops_and_resumes(gateway_port: int, re
     await _end_call(redis, meta)
     _out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
     assert proc.returncode == 0, err.decode()
+
+
+async def test_watch_follows_the_new_call_when_the_previous_one_ends(
+    gateway_port: int, redis
+) -> None:
+    """Issue 11: started while a previous call is finishing and the next has begun (two live
+    calls), watch waits; once the old call ends it follows the one left, at once, from its
+    start (not until a third call starts), and exits 0 at its end."""
+    old = CallMeta(call_sid=OLD_SID, stream_sid="MZ0", account_sid="AC1")
+    await _start_call(redis, old)
+    new = CallMeta(call_sid=SID, stream_sid="MZ1", account_sid="AC1", started_at=old.started_at + 1)
+    await _start_call(redis, new)
+    await _publish_final(redis, _final(0, 0, 0.5, "Before the watch."))  # replayed from 0
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", "--gateway", f"ws://127.0.0.1:{gateway_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        notes = [await _readline(proc.stdout)]
+        while "waiting for" not in notes[-1]:  # the list was answered: both calls are live
+            notes.append(await _readline(proc.stdout))
+        assert "2 live calls" in notes[0], notes
+        await _end_call(redis, old)  # the previous call's end, just after
+        assert f"watching call {SID}" in await _readline(proc.stdout)
+        assert "Before the watch." in await _readline(proc.stdout)
+        await _publish_final(redis, _final(1, 1, 2.0, "After the old call ended."))
+        assert "After the old call ended." in await _readline(proc.stdout)
+        await _end_call(redis, new)
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    last = out.decode().splitlines()[-1]
+    assert last.startswith(f"call {SID} ended") and last.endswith("2 finals"), last
+    assert OLD_SID + " ended" not in out.decode()
+
+
+@pytest.mark.parametrize(
+    "since",
+    ["garbage", "", "1-", "-1", "0\n", "99999999999999999999999-0", "18446744073709551616-0"],
+)
+async def test_watch_with_a_bad_since_exits_2_with_one_line(
+    gateway_port: int, redis, since: str
+) -> None:
+    """``--since garbage`` (or a stream ID Redis would refuse: a trailing newline, a part over
+    2**64 - 1): exit 2 with one line naming --since, before connecting; no hang, no traceback.
+    The call is live, so a value that slipped through would be sent to the gateway."""
+    await _start_call(redis, CallMeta(call_sid=SID, stream_sid="MZ1", account_sid="AC1"))
+    proc = await asyncio.create_subprocess_exec(
+        CALLSCRIBE, "watch", SID, "--since", since, "--gateway", f"ws://127.0.0.1:{gateway_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2, (out, err)
+    assert out == b""
+    [line] = err.decode().splitlines()
+    assert line.startswith("callscribe watch: --since: not a history ID"), line
+    assert repr(since) in line

@@ -14,9 +14,11 @@ from websockets.asyncio.client import connect
 from callscribe.twilio_client import SimCall, stream_call, twilio_messages
 from services.ingest.app import run
 from shared import keys
+from shared.audio import wav_to_ulaw_tracks
 from shared.redisconn import connect as redis_connect
-from shared.schema import CallMeta, call_event_adapter
+from shared.schema import AudioFrame, CallMeta, call_event_adapter
 from shared.settings import IngestSettings
+from tests import recordings
 
 from .conftest import (
     WAIT_S,
@@ -198,3 +200,28 @@ async def test_a_stream_longer_than_the_idle_limit_is_not_cut(
         frames = await read_audio(redis, call.call_sid)
     assert result["duration_s"] > 0.6 and result["close_code"] is None
     assert_reassembles(frames, [bytearray(t) for t in call_tracks])
+
+
+async def test_audio_maxlen_caps_a_calls_audio_stream(ingest, redis: aioredis.Redis) -> None:
+    """Issue 9: ``AUDIO_MAXLEN`` is a hard cap on a call's audio stream, whatever consumes it.
+
+    A 28 s call (279 frames of up to 100 ms and an eof) with ``AUDIO_MAXLEN=20`` and no transcriber
+    leaves the newest audio only, contiguous up to its eof. ``XADD … MAXLEN ~`` trims whole
+    stream nodes and never below the cap, so the bound asserted is ``20 <= XLEN < 20 +
+    stream-node-max-entries`` (read from the server, 100 by default; with 1.6 kB frames
+    ``stream-node-max-bytes`` makes the nodes smaller and the stream closer to 20)."""
+    maxlen, frame_ms = 20, 100
+    call = SimCall(tracks=wav_to_ulaw_tracks(recordings.wav("call_dentist")))
+    config = await redis.config_get("stream-node-max-entries")
+    node_max = int(config["stream-node-max-entries"])
+    async with ingest(audio_maxlen=maxlen, frame_ms=frame_ms) as port:
+        await stream_call(f"ws://127.0.0.1:{port}/twilio", call, speed=0)
+        await read_audio(redis, call.call_sid)  # until its eof, the call's last write
+    entries = await redis.xrange(keys.audio(call.call_sid))
+    frames = [AudioFrame.from_redis(fields) for _, fields in entries]
+    assert frames[-1].eof and frames[-1].t_ms // frame_ms > maxlen + node_max  # it had to trim
+    assert maxlen <= len(entries) < maxlen + node_max
+    assert await redis.xlen(keys.audio(call.call_sid)) == len(entries)
+    starts = [f.t_ms for f in frames[:-1]]  # the newest frames, with no gap, then the eof
+    assert starts == list(range(starts[0], starts[0] + frame_ms * len(starts), frame_ms))
+    assert 0 < frames[-1].t_ms - starts[-1] <= frame_ms
