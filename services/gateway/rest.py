@@ -12,7 +12,6 @@ otherwise); history and search pages show only the calls the grant may see.
 
 from __future__ import annotations
 
-import re
 import time
 from importlib import resources
 
@@ -28,17 +27,16 @@ from shared.history import summarize
 from shared.redisconn import stream_id_tuple
 from shared.schema import (
     CALL_SID_RE,
-    STREAM_ID_PATTERN,
     CallMeta,
     ErrorEvent,
     HistoryRequest,
     TranscriptEvent,
+    is_stream_id,
 )
 
 MAX_TRANSCRIPT_ENTRIES = 10_000
 """At most this many finals per ``/transcript`` answer (the stream's default MAXLEN)."""
 
-_STREAM_ID = re.compile(STREAM_ID_PATTERN)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -162,7 +160,7 @@ async def get_transcript(request: web.Request) -> web.Response:
     sid = request.match_info["sid"]
     since = request.query.get("since") or "0"
     fmt = request.query.get("format")
-    if not _STREAM_ID.match(since) or since == "$":
+    if not is_stream_id(since) or since == "$":
         return _error(400, "bad_request", "since must be a stream ID like 1700000000000-0")
     if fmt is not None and fmt not in export.FORMATS:
         return _error(400, "bad_request", f"format must be one of {', '.join(export.FORMATS)}")

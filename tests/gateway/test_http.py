@@ -40,8 +40,9 @@ async def test_calls_call_and_transcript(gateway, redis: aioredis.Redis) -> None
         assert status == 200 and [e["id"] for e in json.loads(body)] == ids
         status, body = await http_get(port, f"/v1/calls/CAh/transcript?since={ids[0]}")
         assert [e["text"] for e in json.loads(body)] == ["part 1", "part 2"]
-        status, body = await http_get(port, "/v1/calls/CAh/transcript?since=nope")
-        assert status == 400 and json.loads(body)["code"] == "bad_request"
+        for bad in ("nope", "0%0A", "99999999999999999999999-0"):  # Redis would refuse the last
+            status, body = await http_get(port, f"/v1/calls/CAh/transcript?since={bad}")
+            assert status == 400 and json.loads(body)["code"] == "bad_request", bad
 
 
 async def test_healthz_and_page(gateway, redis: aioredis.Redis) -> None:
