@@ -45,6 +45,11 @@ recv({ ...ev, segment: 1, text: "uh" });
 const noisy = els.lines.children.length;
 recv({ ...ev, segment: 1, id: "6-0", is_final: true, text: "" });
 shown.noise = [noisy, els.lines.children.length];
+const evil = "<img src=x onerror=alert(1)><script>alert(2)</script>";
+recv({ ...ev, segment: 2, id: "7-0", is_final: true, text: evil });
+const html = []; const walk = (e) => { if (e.innerHTML) html.push(e.innerHTML); (e.children || []).forEach(walk); };
+Object.values(els).forEach(walk);
+const markup = { html, text: els.lines.children.at(-1).textContent.includes(evil) };
 recv({ type: "audio_stopped", call_sid: "CA1", at_s: 12.4, idle_s: 5 });
 const stopped = [els.banner.className, els.banner.textContent];
 recv({ type: "audio_resumed", call_sid: "CA1", at_s: 14 });
@@ -60,7 +65,7 @@ recv({ type: "error", code: "reconnecting", message: "x", call_sid: "CA2" });
 const conn = [els.conn.className, els.conn.textContent];
 watch("CA2");
 console.log(JSON.stringify({ url: ws.url, buttons, shown, sent: ws.sent, status: els.status.textContent,
-  banner, exportsShown, recentShown, conn, stopped }));
+  banner, exportsShown, recentShown, conn, stopped, markup }));
 """
 
 
@@ -76,6 +81,8 @@ def test_page_renders_calls_and_switches_after_end_without_a_stale_unsubscribe()
     )
     result = json.loads(out.stdout)
     assert result["url"] == "ws://gw:8080/v1/ws"
+    # markup in a transcript is shown as text: nothing is ever parsed as HTML
+    assert result["markup"] == {"html": [], "text": True}
     # numbers, status and duration; the newest first
     assert result["buttons"][0].startswith("+15550003333 → +15550004444queued")
     assert result["buttons"][1].startswith("+15550001111 → +15550002222live")
