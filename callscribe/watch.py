@@ -230,7 +230,7 @@ class Watcher:
             if message.call.call_sid == st.target and st.grace_deadline is None:
                 st.grace_deadline = asyncio.get_running_loop().time() + self.options.end_grace_s
             elif st.target is None and not st.subscribed and len(st.live) == 1:
-                await self._choose(ws)  # all but one ended: follow the one left (issue 11)
+                await self._choose(ws)  # all but one ended: follow the one left
         elif isinstance(message, AudioStopped | AudioResumed) and message.call_sid == st.target:
             at = _clock(message.at_s)
             self.renderer.note(
