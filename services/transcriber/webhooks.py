@@ -87,10 +87,14 @@ def verify(
     try:
         parts = dict(p.split("=", 1) for p in header.split(","))
         t = int(parts["t"])
-    except (ValueError, KeyError):
+        fresh = abs(now_s - t) <= tolerance_s
+    except (ValueError, KeyError, OverflowError):  # OverflowError: a ``t`` no float can hold
+        return False
+    v1 = parts.get("v1", "")
+    if not v1.isascii():  # compare_digest raises TypeError on non-ASCII str
         return False
     expected = sign(secret, body, t).split("v1=", 1)[1]
-    return abs(now_s - t) <= tolerance_s and hmac.compare_digest(expected, parts.get("v1", ""))
+    return fresh and hmac.compare_digest(expected, v1)
 
 
 

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from services.transcriber import webhooks
-from services.transcriber.webhooks import Notifier, enqueue, verify
+from services.transcriber.webhooks import Notifier, enqueue, sign, verify
 from shared import keys
 from shared.aio import cancel_and_wait
 from shared.retry import Backoff
@@ -429,3 +429,44 @@ async def test_a_delivery_whose_notifier_died_is_delivered_by_another(
     assert n2.delivered == 1
     assert [(p.key, p.event, p.signed) for p in hook.posts] == [(key, "call_started", True)] * 2
     assert hook.posts[0].body["id"] == hook.posts[1].body["id"] == key
+
+
+def test_verify_refuses_a_stale_or_future_timestamp_a_tampered_body_and_a_bad_header() -> None:
+    """The receiver's check (:func:`verify`, as docs/protocol.md describes it): the signature
+    of the body at ``t`` with the secret, ``t`` within TOLERANCE_S (five minutes) of now either
+    way; anything else, however malformed, is False rather than an exception."""
+    body = b'{"type":"call_ended","id":"CA1:call_ended"}'
+    now = 1_700_000_000.0
+    t = int(now)
+    header = sign(SECRET, body, t)
+    assert verify(SECRET, body, header, now)
+    assert webhooks.TOLERANCE_S == 300.0
+    assert verify(SECRET, body, header, now + 300)  # at the tolerance: still accepted
+    assert verify(SECRET, body, header, now - 300)
+    assert not verify(SECRET, body, header, now + 301)  # stale
+    assert not verify(SECRET, body, header, now - 301)  # from the future
+    assert verify(SECRET, body, header, now + 60, tolerance_s=60)
+    assert not verify(SECRET, body, header, now + 61, tolerance_s=60)
+    stale = sign(SECRET, body, t - 3600)  # a correct signature, an hour old: a replay
+    assert not verify(SECRET, body, stale, now)
+    assert not verify(SECRET, body + b" ", header, now)  # tampered body
+    assert not verify(SECRET, body.replace(b"ended", b"ENDED"), header, now)
+    assert not verify("other-secret", body, header, now)
+    mac = header.split("v1=", 1)[1]
+    assert not verify(SECRET, body, f"t={t + 1},v1={mac}", now)  # t changed, v1 kept
+    flipped = mac[:-1] + ("0" if mac[-1] != "0" else "1")
+    for bad in (
+        f"t={t},v1={flipped}",
+        f"t={t}",
+        f"v1={mac}",
+        f"t=,v1={mac}",
+        f"t=soon,v1={mac}",
+        f"t={t};v1={mac}",
+        f"t={t},v1={mac.upper()}",
+        "",
+        "garbage",
+        f"t={t},v1=é{mac[1:]}",  # non-ASCII (a header decoded as UTF-8)
+        f"t={'9' * 400},v1={mac}",  # a time no float can hold
+        f"t={t},v1={'0' * 10_000}",
+    ):
+        assert verify(SECRET, body, bad, now) is False, bad
