@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -237,6 +238,6 @@ class Notifier:
             extra={
                 "call_sid": f.get("call_sid"),
                 "event": f.get("event"),
-                "url_host": url.split("/")[2:3],
+                "url_host": urlsplit(url).netloc.rpartition("@")[2],  # no user:password
             },
         )

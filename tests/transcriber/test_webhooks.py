@@ -298,6 +298,37 @@ def finals(sid: str, texts: list[str]) -> list[TranscriptEvent]:
     ]
 
 
+async def test_a_receiver_that_always_fails_gets_max_attempts_then_the_delivery_is_dropped(
+    redis: aioredis.Redis, backoffs: Backoffs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every answer a 500: WEBHOOK_MAX_ATTEMPTS POSTs, one "retrying" line each, then the entry
+    is acknowledged and deleted from the outbox (no dead letter) with one error line naming the
+    URL's host, never its credentials."""
+    caplog.set_level(logging.INFO, logger=webhooks.__name__)
+    hook = Hook(answer=lambda key, n: 500)
+    await start_meta(redis, SID)
+    async with serving(hook):
+        url = hook.url.replace("http://", "http://user:pa55word@")
+        cfg = settings(webhook_urls=url, webhook_secret=SECRET, webhook_max_attempts=3)
+        key = await queue(redis, "call_started", SID)
+        async with asyncio.timeout(10), notifying(cfg, redis) as notifier:
+            await hook.until(lambda: hook.count(key) == 3)
+            await drained(redis, SID)
+    assert hook.count(key) == 3 and all(p.signed for p in hook.posts)
+    assert (notifier.delivered, notifier.dropped) == (0, 1)
+    assert await redis.xlen(keys.webhooks(keys.tag_of(SID))) == 0
+    failed = records(caplog, "webhook failed; retrying")
+    assert [(r.attempt, r.error, r.event, r.call_sid) for r in failed] == [  # type: ignore[attr-defined]
+        (n, "HTTP 500", "call_started", SID) for n in (1, 2, 3)
+    ]
+    [dropped] = records(caplog, "webhook dropped after every attempt")
+    assert dropped.levelno == logging.ERROR
+    host = hook.url.split("/")[2]
+    assert (dropped.call_sid, dropped.event, dropped.url_host) == (SID, "call_started", host)  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if "pa55word" in str(r.__dict__)]
+    assert len(backoffs.delays) == 2  # one wait between each two attempts, none after the last
+
+
 async def test_backoff_between_attempts_doubles_from_1_s_with_jitter_up_to_60_s(
     redis: aioredis.Redis, backoffs: Backoffs
 ) -> None:
