@@ -6,7 +6,8 @@ Durable outbox: with webhooks configured, the transcriber adds one entry to the 
 (``call_ended``). The :class:`Notifier` of every transcriber reads that stream through the
 consumer group ``notifiers`` and POSTs each entry to every URL, so delivery never blocks the
 pipeline and survives the death of the worker that took it (its pending entries are claimed by
-another after :data:`CLAIM_IDLE_MS`).
+another after :data:`CLAIM_IDLE_MS`; a live notifier keeps re-claiming the entries it is
+delivering, so one still being retried is not taken over).
 
 At least once: an entry is acknowledged only once every URL answered 2xx or ran out of
 ``WEBHOOK_MAX_ATTEMPTS`` tries (backoff with jitter, 1 s doubling to 60 s; one error line when
@@ -38,6 +39,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from shared import keys
+from shared.aio import cancel_and_wait
 from shared.cluster import partition_groups
 from shared.history import summarize
 from shared.redisconn import as_text
@@ -169,6 +171,7 @@ class Notifier:
     async def _deliver(
         self, http: aiohttp.ClientSession, stream: str, entry_id: str, raw: dict[Any, Any]
     ) -> None:
+        keep = asyncio.create_task(self._keep_claimed(stream, entry_id))
         try:
             fields = {as_text(k): as_text(v) for k, v in raw.items()}
             body = (await self._payload(fields)).encode()
@@ -180,6 +183,26 @@ class Notifier:
             log.warning("webhook not acknowledged", extra={"error": exc.__class__.__name__})
         finally:
             self._slots.release()
+            await cancel_and_wait(keep)
+
+    async def _keep_claimed(self, stream: str, entry_id: str) -> None:
+        """Until cancelled, re-claim the entry being delivered (XCLAIM JUSTID: its idle time back
+        to 0, its delivery count unchanged) every quarter of :data:`CLAIM_IDLE_MS`: retries last
+        minutes, and an entry left idle would be claimed again by a notifier, this one included,
+        and delivered twice at once. A failed round is left to the next."""
+        while True:
+            await asyncio.sleep(CLAIM_IDLE_MS / 4000)
+            with contextlib.suppress(*REDIS_FAILURES):
+                await cmd(
+                    self.redis.xclaim(
+                        stream,
+                        keys.WEBHOOKS_GROUP,
+                        self.settings.consumer,
+                        min_idle_time=0,
+                        message_ids=[entry_id],
+                        justid=True,
+                    )
+                )
 
     async def _payload(self, f: dict[str, str]) -> str:
         sid, event = f.get("call_sid", ""), f.get("event", "")

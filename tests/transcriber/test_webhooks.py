@@ -462,6 +462,39 @@ async def test_a_delivery_whose_notifier_died_is_delivered_by_another(
     assert hook.posts[0].body["id"] == hook.posts[1].body["id"] == key
 
 
+async def test_a_delivery_being_retried_is_not_taken_over(
+    redis: aioredis.Redis, backoffs: Backoffs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery still between attempts (its backoff longer than CLAIM_IDLE_MS) stays claimed
+    by the notifier retrying it: no second copy is started (by it or another notifier), so the
+    receiver gets exactly WEBHOOK_MAX_ATTEMPTS POSTs."""
+    monkeypatch.setattr(webhooks, "CLAIM_IDLE_MS", 200)
+    backoffs.gate = asyncio.Event()  # the retry waits until the test opens it
+    await start_meta(redis, SID)
+    failing = f"{SID}:call_started"
+    hook = Hook(answer=lambda key, n: 500 if key == failing else 204)
+    async with serving(hook), asyncio.timeout(10):
+        cfg = settings(webhook_urls=hook.url, webhook_secret=SECRET, webhook_max_attempts=3)
+        async with notifying(cfg, redis) as notifier:
+            await queue(redis, "call_started", SID)
+            await backoffs.waiting.wait()  # attempt 1 failed; the retry is waiting
+            [entry] = await pending(redis, SID)
+            assert entry["times_delivered"] == 1
+            # an entry's idle time is Redis's wall clock: nothing to await but time itself
+            await asyncio.sleep(2 * webhooks.CLAIM_IDLE_MS / 1000)
+            # two more deliveries: the reader has looked for idle entries (XAUTOCLAIM) since
+            for event in ("final", "call_ended"):
+                later = await queue(redis, event, SID)
+                await hook.until(lambda later=later: later in hook.accepted())
+            [now] = [p for p in await pending(redis, SID) if p["message_id"] == entry["message_id"]]
+            assert now["times_delivered"] == 1  # never claimed again (XAUTOCLAIM would count 2)
+            backoffs.gate.set()
+            await hook.until(lambda: hook.count(failing) == 3)
+            await drained(redis, SID)
+    assert hook.count(failing) == 3
+    assert (notifier.delivered, notifier.dropped) == (2, 1)
+
+
 def test_verify_refuses_a_stale_or_future_timestamp_a_tampered_body_and_a_bad_header() -> None:
     """The receiver's check (:func:`verify`, as docs/protocol.md describes it): the signature
     of the body at ``t`` with the secret, ``t`` within TOLERANCE_S (five minutes) of now either
