@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from services.transcriber.dgproto import (
@@ -191,6 +191,16 @@ json_values = st.recursive(
     ),
     channels=st.integers(1, 2),
 )
+@example(  # an empty final (no alternatives) is an event: it moves the checkpoint through silence
+    fields={
+        "channel_index": [0, 1],
+        "start": 0.0,
+        "duration": 1.0,
+        "is_final": True,
+        "channel": {"alternatives": []},
+    },
+    channels=1,
+)
 def test_any_results_shaped_dict_maps_or_raises_documented_error(
     fields: dict[str, Any], channels: int
 ) -> None:
@@ -207,5 +217,5 @@ def test_any_results_shaped_dict_maps_or_raises_documented_error(
     except DeepgramMessageError as exc:
         assert exc.code == "bad_results"
         return
-    if event is not None:
-        assert event.text and event.channel < channels
+    if event is not None:  # only a final may be empty (it clears interims, moves the checkpoint)
+        assert (event.text or event.is_final) and event.channel < channels
