@@ -280,7 +280,7 @@ class TranscriberSettings(CommonSettings):
     webhook_max_attempts: int = Field(
         default=12,
         gt=0,
-        description="Tries per webhook and URL (backoff 1 s doubling to 60 s: about 8 min) before it is dropped with an error line",
+        description="Tries per webhook and URL (waits of 1 s doubling to 60 s, with jitter: 3 to 6 min in all with the default, plus each try's timeout) before it is dropped with an error line",
     )
     # whisper
     whisper_model: str = Field(
@@ -302,6 +302,14 @@ class TranscriberSettings(CommonSettings):
     @classmethod
     def _empty_key_is_none(cls, v: object) -> object:
         return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _webhooks_need_a_secret(self) -> TranscriberSettings:
+        # unsigned (empty-key) webhooks could be forged by anyone who can reach the receiver
+        secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+        if self.webhook_urls.strip() and not secret:
+            raise ValueError("WEBHOOK_URLS needs WEBHOOK_SECRET: the receivers verify each POST with it")
+        return self
 
     @model_validator(mode="after")
     def _deepgram_needs_key(self) -> TranscriberSettings:

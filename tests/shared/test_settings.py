@@ -96,3 +96,15 @@ def test_old_names_are_still_read_and_reported(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("INGEST_PORT", "6002")
     assert IngestSettings().port == 6002
     assert deprecated_names(IngestSettings) == []
+
+
+def test_webhooks_need_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WEBHOOK_URLS without WEBHOOK_SECRET (or with an empty one) is refused: the receivers could
+    not tell our POSTs from anyone's; with a secret, or without URLs, the settings load."""
+    monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
+    for secret in (None, ""):
+        with pytest.raises(ValidationError, match="WEBHOOK_URLS needs WEBHOOK_SECRET"):
+            TranscriberSettings(webhook_urls="https://hooks.example.com/cs", webhook_secret=secret)
+    ok = TranscriberSettings(webhook_urls="https://hooks.example.com/cs", webhook_secret="s3cret")
+    assert ok.webhook_secret is not None and ok.webhook_secret.get_secret_value() == "s3cret"
+    assert TranscriberSettings(webhook_urls="").webhook_secret is None
