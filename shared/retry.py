@@ -30,10 +30,11 @@ others in between go out at debug level and are counted in the next warning's ``
 
 _last_warned: dict[tuple[str, str], tuple[float, int]] = {}
 
-FAILURES: Counter[str] = Counter()
-"""Failures passed to :meth:`Backoff.retry_after` since the process started, by the name of the
-logger that reported them (e.g. ``services.transcriber.worker``). Process-wide: the
-transcriber's metrics count those of its Redis loops (docs/architecture.md, "Metrics")."""
+REDIS_RETRIES: Counter[str] = Counter()
+"""Failures passed to :meth:`Backoff.retry_after` since the process started whose exception is
+a Redis failure (:data:`REDIS_FAILURES`), by the name of the logger that reported them (e.g.
+``services.transcriber.worker``). Process-wide: the transcriber's ``redis_errors`` metric sums
+those of its own modules, whichever module retried (docs/architecture.md, "Metrics")."""
 
 
 class Backoff:
@@ -72,7 +73,8 @@ class Backoff:
         flood the log.
         """
         delay = self.next_delay_s()
-        FAILURES[logger.name] += 1
+        if isinstance(exc, REDIS_FAILURES):
+            REDIS_RETRIES[logger.name] += 1
         fields = {**extra, "error": exc.__class__.__name__, "retry_in_s": round(delay, 3)}
         now = time.monotonic()
         key = (logger.name, msg)

@@ -35,7 +35,7 @@ from aiohttp import web
 from prometheus_client import Histogram
 
 from shared.metrics import CollectorRegistry, ScrapeCollector, counter, gauge, metrics_handler
-from shared.retry import FAILURES
+from shared.retry import REDIS_RETRIES
 from shared.schema import TranscriptEvent
 from shared.service import serving
 
@@ -51,14 +51,9 @@ LATENCY_BUCKETS_S = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30
 """Histogram buckets of the transcript latency, s: fine below a second (Deepgram), coarse above
 (Whisper, queued calls)."""
 
-REDIS_LOGGERS = (
-    "services.transcriber.worker",
-    "services.transcriber.audio_reader",
-    "services.transcriber.lease",
-    "services.transcriber.call",
-    "services.transcriber.call_store",
-)
-"""Modules whose retried failures (:data:`shared.retry.FAILURES`) are Redis errors."""
+REDIS_PREFIX = "services.transcriber."
+"""Retried Redis failures (:data:`shared.retry.REDIS_RETRIES`) of loggers under this name are
+the transcriber's (one process may also hold ingest and gateway: ``callscribe demo``)."""
 
 
 class TranscriberMetrics:
@@ -125,7 +120,7 @@ class TranscriberMetrics:
             counter(
                 "callscribe_transcriber_redis_errors",
                 "Redis commands that failed and were retried (this process)",
-                sum(FAILURES[name] for name in REDIS_LOGGERS),
+                sum(n for name, n in REDIS_RETRIES.items() if name.startswith(REDIS_PREFIX)),
             ),
         )
 

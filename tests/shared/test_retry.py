@@ -56,3 +56,21 @@ async def test_cmd_reraises_a_cancellation_the_command_swallowed() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
+
+
+async def test_redis_failures_are_counted_by_logger_and_others_are_not() -> None:
+    """A retried Redis failure (RedisError, OSError) counts under its logger's name in
+    REDIS_RETRIES, what the transcriber's redis_errors metric sums; another failure (a speech
+    engine's reconnect) does not."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from shared.errors import AsrError
+    from shared.retry import REDIS_RETRIES
+
+    logger = logging.getLogger("test.retry.count")
+    b = Backoff(base_s=0.001, cap_s=0.001)
+    before = REDIS_RETRIES[logger.name]
+    await b.retry_after(RedisConnectionError("down"), logger, "redis unavailable")
+    await b.retry_after(TimeoutError("slow"), logger, "redis unavailable")
+    await b.retry_after(AsrError("deepgram dropped", retryable=True), logger, "deepgram reconnect")
+    assert REDIS_RETRIES[logger.name] - before == 2
