@@ -103,10 +103,6 @@ class CallPipeline:
         """Call time up to which audio went to the engine, ms (None before the first frame)."""
         return self.checkpoint.sent_ms
 
-    def checkpoint_fields(self) -> dict[str, str]:
-        """The checkpoint's meta fields (what services/transcriber/recovery.py writes back)."""
-        return self.checkpoint.to_meta()
-
     # ------------------------------------------------------------------ reader side
 
     @property

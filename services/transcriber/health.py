@@ -20,6 +20,12 @@ from shared.settings import TranscriberSettings
 log = logging.getLogger(__name__)
 
 
+def health_max_age_s(settings: TranscriberSettings) -> float:
+    """How old a worker's health record may be and still count as alive, s: three lease
+    periods (``lease_renew_s``), at least one second. Also the health key's TTL."""
+    return max(1.0, 3 * settings.lease_renew_s)
+
+
 def is_fresh(raw: bytes | str | None, *, now_s: float, max_age_s: float) -> bool:
     """True when a health key's value (:class:`WorkerHealth`, as GET returns it) was written
     at most ``max_age_s`` (s) before ``now_s`` (Unix s) and does not say the speech engine is
@@ -45,7 +51,7 @@ async def check(
     """
     if is_memory(settings.redis_url):
         return False
-    max_age_s = max(1.0, 3 * settings.lease_renew_s)
+    max_age_s = health_max_age_s(settings)
     redis = connect(settings.redis_url, socket_timeout_s=timeout_s)
     try:
         async with asyncio.timeout(timeout_s):

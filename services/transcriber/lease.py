@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 
 from services.transcriber.call import CallPipeline
+from services.transcriber.health import health_max_age_s
 from services.transcriber.jobs import renew
 from services.transcriber.recovery import audit, restore
 from shared import keys
@@ -30,8 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def health_ttl_ms(settings: TranscriberSettings) -> int:
-    """TTL of the health key: three lease periods, at least one second."""
-    return max(1000, int(settings.lease_renew_s * 3000))
+    """TTL of the health key, ms: :func:`~services.transcriber.health.health_max_age_s`."""
+    return int(health_max_age_s(settings) * 1000)
 
 
 class Lease:

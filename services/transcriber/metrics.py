@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import Histogram
 
+from services.transcriber.health import health_max_age_s
 from shared.metrics import CollectorRegistry, ScrapeCollector, counter, gauge, metrics_handler
 from shared.retry import REDIS_RETRIES
 from shared.schema import TranscriptEvent
@@ -129,8 +130,7 @@ def health(worker: Worker) -> tuple[bool, dict[str, object]]:
     """Whether the worker is healthy (its health key written within three lease periods, and
     its last lease round reached Redis), and the ``/healthz`` body."""
     at = worker.lease.heartbeat_at
-    max_age_s = max(1.0, 3 * worker.settings.lease_renew_s)
-    fresh = at is not None and time.monotonic() - at <= max_age_s
+    fresh = at is not None and time.monotonic() - at <= health_max_age_s(worker.settings)
     ok = fresh and worker.lease.redis_ok
     return ok, {
         "status": "ok" if ok else "redis_unavailable" if fresh else "stale",

@@ -115,7 +115,7 @@ async def restore(redis: aioredis.Redis, call: CallPipeline, consumer: str) -> N
         new_id = await cmd(redis.eval(_NEW_JOB, 1, jobs, keys.JOBS_GROUP, consumer, call.sid))
         job_id = as_text(new_id)
     meta = (call.meta or CallMeta(call_sid=call.sid)).model_copy(update={"status": CallStatus.LIVE})
-    fields = {**meta.to_redis(), **call.checkpoint_fields(), "job_id": job_id}
+    fields = {**meta.to_redis(), **call.checkpoint.to_meta(), "job_id": job_id}
     error = ErrorEvent(
         code=DATA_LOST,
         message="Redis lost this call's data while it was live; the call goes on, but finals "
