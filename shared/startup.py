@@ -23,7 +23,7 @@ import errno
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -109,6 +109,17 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
+async def _ping(redis: Any, timeout_s: float) -> str | None:
+    """One PING within ``timeout_s`` (s): None when answered, else the reason (the error's class
+    and message, at most 200 characters)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await redis.ping()
+        return None
+    except REDIS_FAILURES as exc:  # TimeoutError is an OSError
+        return f"{exc.__class__.__name__}: {exc}"[:200]
+
+
 async def redis_unreachable(url: str, timeout_s: float = REDIS_PROBE_S) -> str | None:
     """Ping ``url`` once: None when it answers within ``timeout_s`` (s), else the reason (the
     error's class and message, at most 200 characters). ``memory://`` is in-process: None.
@@ -117,20 +128,17 @@ async def redis_unreachable(url: str, timeout_s: float = REDIS_PROBE_S) -> str |
         return None
     redis = connect(url, socket_timeout_s=timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
-            await redis.ping()
-        return None
-    except REDIS_FAILURES as exc:  # TimeoutError is an OSError
-        return f"{exc.__class__.__name__}: {exc}"[:200]
+        return await _ping(redis, timeout_s)
     finally:
         await redis.aclose()
 
 
 async def watch_redis(url: str, *, service: str, remind_s: float = REDIS_REMIND_S) -> bool:
-    """Ping ``url`` until it answers; warn once (then every ``remind_s``) while it does not.
+    """Ping ``url`` every :data:`REDIS_PROBE_S` until it answers; warn once (then every
+    ``remind_s``, s) while it does not.
 
-    Returns True at once when Redis answers the first ping (nothing is logged), True after an
-    ``info`` line once it answers later; never raises but CancelledError. ``memory://`` is
+    Returns True at once when Redis answers the first ping (nothing is logged), True after a
+    ``redis reachable`` line (at warning level, beside the warnings it ends) once it answers later; never raises but CancelledError. ``memory://`` is
     in-process: True at once.
     """
     if is_memory(url):
@@ -139,29 +147,20 @@ async def watch_redis(url: str, *, service: str, remind_s: float = REDIS_REMIND_
     loop = asyncio.get_running_loop()
     warned_at: float | None = None
     try:
-        while True:
-            try:
-                async with asyncio.timeout(REDIS_PROBE_S):
-                    await redis.ping()
-            except REDIS_FAILURES as exc:  # TimeoutError is an OSError
-                now = loop.time()
-                if warned_at is None or now - warned_at >= remind_s:
-                    log.warning(
-                        "REDIS UNREACHABLE: nothing can be served until it answers; retrying",
-                        extra={
-                            "service": service,
-                            "redis_url": redact_url(url),
-                            "error": f"{exc.__class__.__name__}: {exc}"[:200],
-                        },
-                    )
-                    warned_at = now
-                await asyncio.sleep(REDIS_PROBE_S)
-                continue
-            if warned_at is not None:
+        while (reason := await _ping(redis, REDIS_PROBE_S)) is not None:
+            now = loop.time()
+            if warned_at is None or now - warned_at >= remind_s:
                 log.warning(
-                    "redis reachable", extra={"service": service, "redis_url": redact_url(url)}
+                    "REDIS UNREACHABLE: nothing can be served until it answers; retrying",
+                    extra={"service": service, "redis_url": redact_url(url), "error": reason},
                 )
-            return True
+                warned_at = now
+            await asyncio.sleep(REDIS_PROBE_S)
+        if warned_at is not None:
+            log.warning(
+                "redis reachable", extra={"service": service, "redis_url": redact_url(url)}
+            )
+        return True
     finally:
         await redis.aclose()
 
