@@ -569,8 +569,6 @@ class ListRequest(_ClientMessage):
     type: Literal["list"]
 
 
-STREAM_ID_PATTERN = r"^(\$|0|\d+-\d+)$"
-
 _STREAM_ID_RE = re.compile(r"\$|0|[0-9]+-[0-9]+")
 _STREAM_ID_PART_MAX = 2**64 - 1
 
@@ -600,9 +598,7 @@ class SubscribeRequest(_ClientMessage):
 
     type: Literal["subscribe"]
     call_sid: str = Field(min_length=1, max_length=64)
-    since: Annotated[str | None, AfterValidator(_stream_id_or_none)] = Field(
-        default=None, pattern=STREAM_ID_PATTERN
-    )
+    since: Annotated[str | None, AfterValidator(_stream_id_or_none)] = None
 
 
 class UnsubscribeRequest(_ClientMessage):
